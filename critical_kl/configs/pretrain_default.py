@@ -1,0 +1,26 @@
+"""Pre-training on a 2-core CPU: a 3-layer, 128-wide GPT on 1..3-digit addition (minutes)."""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.pretrain_max_digits = 3  # N: operands of 1..N digits
+  # The context must hold the longest problem evaluated (N + 3 digits) plus the 100 extra tokens an
+  # RL episode may run; 0 means "compute it from the format" (see pretrain.model_config).
+  c.model = ml_collections.ConfigDict(dict(
+      n_layer=3, n_head=4, n_embd=128, value_hidden=128, block_size=0, dtype="float32"))
+  # [ours, SPEC §3] each training sequence starts at a random position so that every position
+  # embedding is trained and copying becomes relative.
+  c.random_start_positions = True
+  c.batch_size = 32  # problems per step, fresh ones every step (seeded by step: resumable)
+  c.num_steps = 1500
+  c.learning_rate = 1e-3
+  c.warmup_steps = 100
+  c.min_learning_rate_ratio = 0.1  # cosine decay to this fraction of the peak
+  c.weight_decay = 0.1
+  c.grad_clip = 1.0
+  c.log_every = 50
+  c.checkpoint_every = 250
+  c.eval_num_examples = 200  # greedy accuracy at N and N+1 printed at the end of training
+  return c

@@ -1,0 +1,159 @@
+"""Supervised pre-training on 1..N-digit scratchpad addition (SPEC §3).
+
+Next-token cross-entropy on completion tokens only (the prompt is masked), teacher forcing. Every
+step draws fresh problems, each operand's length uniform in 1..N; the numpy generator of step s is
+seeded by (seed, s), so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+import os
+import shutil
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from critical_kl import arithmetic
+from critical_kl import checkpoints
+from critical_kl import model as model_lib
+from critical_kl import tokenizer
+
+# Extra tokens an RL episode may generate beyond the longest correct completion (SPEC §4).
+EPISODE_SLACK = 100
+
+
+def model_config(config: ml_collections.ConfigDict) -> model_lib.GPTConfig:
+  """The GPTConfig of a run; block_size 0 means: fit a rollout on N + 3 digits."""
+  fields = config.model.to_dict()
+  if not fields["block_size"]:
+    longest = config.pretrain_max_digits + 3
+    needed = arithmetic.max_sequence_length(longest) + EPISODE_SLACK
+    fields["block_size"] = -(-needed // 64) * 64
+  return model_lib.GPTConfig(**fields)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError on settings that cannot run."""
+  if config.pretrain_max_digits < 1:
+    raise ValueError(f"pretrain_max_digits must be >= 1, got {config.pretrain_max_digits}")
+  for name in ("batch_size", "num_steps", "log_every", "checkpoint_every"):
+    if config[name] < 1:
+      raise ValueError(f"{name} must be >= 1, got {config[name]}")
+  if config.learning_rate <= 0:
+    raise ValueError(f"learning_rate must be > 0, got {config.learning_rate}")
+  gpt = model_config(config)
+  needed = arithmetic.max_sequence_length(config.pretrain_max_digits)
+  if gpt.block_size < needed:
+    raise ValueError(f"block_size {gpt.block_size} cannot hold a {config.pretrain_max_digits}-digit "
+                     f"problem ({needed} tokens)")
+
+
+def make_batch(config: ml_collections.ConfigDict, step: int):
+  """The training batch of `step`.
+
+  Returns:
+    tokens int32 [B, L], positions int32 [B, L], loss_mask float32 [B, L] (1 on completion tokens),
+    with L the longest N-digit problem.
+  """
+  rng = np.random.default_rng([config.seed, step])
+  operands = arithmetic.sample_balanced(rng, config.batch_size, config.pretrain_max_digits)
+  prompts = [arithmetic.prompt(int(a), int(b)) for a, b in operands]
+  texts = [p + arithmetic.scratchpad(int(a), int(b)) for p, (a, b) in zip(prompts, operands)]
+  length = arithmetic.max_sequence_length(config.pretrain_max_digits)
+  tokens, lengths = tokenizer.encode_batch(texts, length=length)
+  prompt_lengths = np.array([len(p) for p in prompts])
+  index = np.arange(length)[None, :]
+  loss_mask = (index >= prompt_lengths[:, None]) & (index < lengths[:, None])
+  offsets = np.zeros((len(texts), 1), np.int64)
+  if config.random_start_positions:
+    offsets = rng.integers(0, model_config(config).block_size - length + 1, size=(len(texts), 1))
+  return tokens, (offsets + index).astype(np.int32), loss_mask.astype(np.float32)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  schedule = optax.warmup_cosine_decay_schedule(
+      0.0, config.learning_rate, config.warmup_steps, max(config.num_steps, config.warmup_steps + 1),
+      end_value=config.learning_rate * config.min_learning_rate_ratio)
+  return optax.chain(optax.clip_by_global_norm(config.grad_clip),
+                     optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=config.weight_decay))
+
+
+def completion_loss(params, gpt: model_lib.GPTConfig, tokens, positions, loss_mask):
+  """Mean next-token cross-entropy over completion tokens. Shapes as in `make_batch`."""
+  logits = model_lib.forward(params, gpt, tokens, positions).logits[:, :-1]
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
+  mask = loss_mask[:, 1:]
+  return jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def make_train_step(gpt: model_lib.GPTConfig, optimizer: optax.GradientTransformation):
+  """A jitted step: state dict (params, opt_state, step, key) and a batch → (state, loss)."""
+  @jax.jit
+  def train_step(state, tokens, positions, loss_mask):
+    loss, grads = jax.value_and_grad(completion_loss)(state["params"], gpt, tokens, positions,
+                                                      loss_mask)
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    return dict(state, params=params, opt_state=opt_state, step=state["step"] + 1), loss
+  return train_step
+
+
+def init_state(config: ml_collections.ConfigDict, optimizer) -> dict[str, Any]:
+  key, init_key = jax.random.split(jax.random.key(config.seed))
+  params = model_lib.init_params(model_config(config), init_key)
+  return dict(params=params, opt_state=optimizer.init(params), step=jnp.int32(0),
+              key=jax.random.key_data(key))
+
+
+def saved_config(config: ml_collections.ConfigDict) -> dict:
+  """The config written beside checkpoints, with the resolved model fields."""
+  d = config.to_dict()
+  d["model"] = dict(vars(model_config(config)))
+  return d
+
+
+def prepare_workdir(workdir: str, overwrite: bool) -> str:
+  """Returns the checkpoint directory; with `overwrite`, removes earlier checkpoints first."""
+  ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if overwrite and os.path.isdir(ckpt_dir):
+    shutil.rmtree(ckpt_dir)
+  os.makedirs(ckpt_dir, exist_ok=True)
+  return ckpt_dir
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False,
+          log=print) -> dict[str, Any]:
+  """Pre-trains, checkpointing to `workdir/checkpoints`; resumes from the latest checkpoint.
+
+  Returns the final state dict.
+  """
+  validate(config)
+  gpt = model_config(config)
+  optimizer = make_optimizer(config)
+  mngr = checkpoints.manager(prepare_workdir(workdir, overwrite))
+  saved = saved_config(config)
+  state = init_state(config, optimizer)
+  restored = checkpoints.restore_latest(mngr, state, saved)
+  if restored is not None:
+    state = restored
+    log(f"resumed from step {int(state['step'])} in {mngr.directory}")
+  log(f"model: {model_lib.num_params(state['params']):,} parameters, {gpt}")
+  train_step = make_train_step(gpt, optimizer)
+  start = int(state["step"])
+  t0, losses = time.time(), []
+  for step in range(start, config.num_steps):
+    state, loss = train_step(state, *make_batch(config, step))
+    losses.append(loss)
+    done = step + 1
+    if done % config.log_every == 0 or done == config.num_steps:
+      rate = (done - start) / (time.time() - t0)
+      eta = (config.num_steps - done) / rate
+      log(f"step {done}/{config.num_steps}  loss {float(np.mean(losses)):.4f}  "
+          f"{rate:.2f} steps/s  ETA {eta / 60:.1f} min")
+      losses = []
+    if done % config.checkpoint_every == 0 or done == config.num_steps:
+      checkpoints.save(mngr, done, state, saved)
+  mngr.close()
+  return state

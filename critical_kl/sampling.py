@@ -1,0 +1,200 @@
+"""Batched rollouts with the KV cache: greedy or temperature sampling, with the episode rules of SPEC §4.
+
+The whole episode runs inside one `lax.while_loop` (fixed shapes, no return to Python per token) and
+stops as soon as every row has ended. Each row keeps a tiny automaton over the tokens it generates:
+how much of `</scratch>\\n` it has matched, whether the scratchpad is closed, and whether the result
+line so far agrees with the expected one. An episode ends (SPEC §4) when
+  1. the scratchpad is closed and the model emits `\\n` (end of the result line);
+  2. the model emits the padding token;
+  3. it has generated `max_new_tokens` tokens.
+The last token gets reward +1 if the episode ended by rule 1 with the right result line, else
+`failure_reward` (−1 in training); every other token gets 0.
+"""
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from critical_kl import arithmetic
+from critical_kl import model as model_lib
+from critical_kl import tokenizer
+from critical_kl import trajectory as trajectory_lib
+
+_CLOSE = tokenizer.encode("</scratch>\n")
+_NEWLINE = int(tokenizer.encode("\n")[0])
+
+
+class Problems(NamedTuple):
+  """A batch of B problems, encoded.
+
+  Attributes:
+    prompts: int32 [B, P], right-padded prompts.
+    prompt_lengths: int32 [B].
+    expected: int32 [B, R], right-padded expected result lines (without the final newline).
+    expected_lengths: int32 [B].
+  """
+  prompts: jnp.ndarray
+  prompt_lengths: jnp.ndarray
+  expected: jnp.ndarray
+  expected_lengths: jnp.ndarray
+
+
+def encode_problems(operands: np.ndarray, prompt_length: int | None = None) -> Problems:
+  """Encodes operands [B, 2] (a, b) as prompts and expected result lines."""
+  operands = np.asarray(operands)
+  prompts, prompt_lengths = tokenizer.encode_batch(
+      [arithmetic.prompt(int(a), int(b)) for a, b in operands], length=prompt_length)
+  expected, expected_lengths = tokenizer.encode_batch(
+      [arithmetic.result(int(a), int(b)) for a, b in operands])
+  return Problems(*(jnp.asarray(x) for x in (prompts, prompt_lengths, expected, expected_lengths)))
+
+
+class _State(NamedTuple):
+  step: jnp.ndarray  # scalar int32, tokens generated so far by the longest-running rows
+  key: jax.Array
+  logits: jnp.ndarray  # [B, V], next-token logits
+  value: jnp.ndarray  # [B], value of the current prefix
+  cache: tuple
+  done: jnp.ndarray  # [B] bool
+  matched: jnp.ndarray  # [B] int32, characters of `</scratch>\n` matched at the end
+  closed: jnp.ndarray  # [B] bool, `</scratch>\n` has been generated
+  result_pos: jnp.ndarray  # [B] int32, characters of the result line generated
+  mismatch: jnp.ndarray  # [B] bool, the result line differs from the expected one
+  tokens: jnp.ndarray  # [B, T]
+  logp: jnp.ndarray  # [B, T]
+  values: jnp.ndarray  # [B, T]
+  entropy: jnp.ndarray  # [B, T]
+  rewards: jnp.ndarray  # [B, T]
+  lengths: jnp.ndarray  # [B]
+  termination: jnp.ndarray  # [B]
+  solved: jnp.ndarray  # [B]
+
+
+def _choose(key, logits, temperature: float, greedy: bool):
+  """Picks tokens [B] and returns them with their log-prob and the entropy at `temperature`."""
+  logp_all = jax.nn.log_softmax(logits / temperature, axis=-1)
+  if greedy:
+    action = jnp.argmax(logits, axis=-1)
+  else:
+    action = jax.random.categorical(key, logp_all, axis=-1)
+  logp = jnp.take_along_axis(logp_all, action[:, None], axis=-1)[:, 0]
+  entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+  return action.astype(jnp.int32), logp, entropy
+
+
+def _advance_automaton(s: _State, action, expected, expected_lengths):
+  """Updates the per-row closing/result tracking after emitting `action` [B]."""
+  close = jnp.asarray(_CLOSE)
+  ends_result = s.closed & (action == _NEWLINE)
+  in_result = s.closed & ~ends_result
+  want = jnp.take_along_axis(expected, jnp.minimum(s.result_pos, expected.shape[1] - 1)[:, None],
+                             axis=1)[:, 0]
+  wrong = (s.result_pos >= expected_lengths) | (want != action)
+  mismatch = s.mismatch | (in_result & wrong)
+  result_pos = s.result_pos + in_result
+  # `<` occurs once in `</scratch>\n`, so on a mismatch the match restarts at 0 or 1.
+  next_char = close[jnp.minimum(s.matched, len(_CLOSE) - 1)]
+  matched = jnp.where(action == next_char, s.matched + 1, (action == close[0]).astype(jnp.int32))
+  closed = s.closed | (matched == len(_CLOSE))
+  correct = ends_result & ~mismatch & (result_pos == expected_lengths)
+  return ends_result, correct, matched, closed, result_pos, mismatch
+
+
+def _put(buffer, pos, value, where):
+  """buffer[b, pos[b]] = value[b] for rows where `where[b]`."""
+  rows = jnp.arange(buffer.shape[0])
+  return buffer.at[rows, pos].set(jnp.where(where, value, buffer[rows, pos]))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "temperature", "greedy",
+                                             "failure_reward"))
+def rollout(params, config: model_lib.GPTConfig, problems: Problems, key: jax.Array, *,
+            max_new_tokens: int, temperature: float = 1.0, greedy: bool = False,
+            failure_reward: float = -1.0) -> trajectory_lib.Trajectory:
+  """Generates one episode per problem.
+
+  Args:
+    params: GPT parameters.
+    config: the GPT's config.
+    problems: B encoded problems; prompts [B, P].
+    key: PRNG key (unused when greedy).
+    max_new_tokens: episode length limit; the buffer holds T = P + max_new_tokens tokens.
+    temperature: τ of the sampling policy; log-probs and entropies are taken at τ.
+    greedy: pick the most likely token instead of sampling.
+    failure_reward: reward of an episode that does not end with the right result line.
+
+  Returns:
+    A `Trajectory` over [B, T]; its reference fields (ref_logp, certainty, critical) are zeros,
+    to be filled by a teacher-forced pass of the reference model.
+  """
+  if temperature <= 0:
+    raise ValueError(f"temperature must be > 0, got {temperature}")
+  batch, prompt_len = problems.prompts.shape
+  total = prompt_len + max_new_tokens
+  if total > config.block_size:
+    raise ValueError(f"prompt ({prompt_len}) + max_new_tokens ({max_new_tokens}) exceeds the "
+                     f"model's block_size ({config.block_size})")
+  pad = jnp.full((batch, max_new_tokens), tokenizer.PAD_ID, jnp.int32)
+  tokens = jnp.concatenate([problems.prompts.astype(jnp.int32), pad], axis=1)
+  cache = model_lib.init_cache(config, batch, total)
+  out = model_lib.decode(params, config, problems.prompts, cache, jnp.zeros(batch, jnp.int32))
+  last = (problems.prompt_lengths - 1)[:, None]
+  zeros = jnp.zeros((batch, total), jnp.float32)
+  init = _State(
+      step=jnp.int32(0), key=key,
+      logits=jnp.take_along_axis(out.logits, last[:, :, None], axis=1)[:, 0],
+      value=jnp.take_along_axis(out.values, last, axis=1)[:, 0], cache=out.cache,
+      done=jnp.zeros(batch, bool), matched=jnp.zeros(batch, jnp.int32),
+      closed=jnp.zeros(batch, bool), result_pos=jnp.zeros(batch, jnp.int32),
+      mismatch=jnp.zeros(batch, bool), tokens=tokens, logp=zeros, values=zeros, entropy=zeros,
+      rewards=zeros, lengths=jnp.zeros(batch, jnp.int32),
+      termination=jnp.zeros(batch, jnp.int32), solved=jnp.zeros(batch, bool))
+
+  def cond(s: _State):
+    return (s.step < max_new_tokens) & ~jnp.all(s.done)
+
+  def body(s: _State):
+    key, sub = jax.random.split(s.key)
+    action, logp, entropy = _choose(sub, s.logits, temperature, greedy)
+    active = ~s.done
+    pos = problems.prompt_lengths + s.step
+    ends_result, correct, matched, closed, result_pos, mismatch = _advance_automaton(
+        s, action, problems.expected, problems.expected_lengths)
+    emitted_pad = action == tokenizer.PAD_ID
+    hit_max = s.step + 1 >= max_new_tokens
+    ending = active & (ends_result | emitted_pad | hit_max)
+    cause = jnp.where(ends_result, trajectory_lib.END_OF_RESULT,
+                      jnp.where(emitted_pad, trajectory_lib.PAD_EMITTED,
+                                trajectory_lib.MAX_LENGTH))
+    reward = jnp.where(correct, 1.0, failure_reward)
+    out = model_lib.decode(params, config, action[:, None], s.cache, pos)
+    keep = lambda new, old: jnp.where(active, new, old)
+    return _State(
+        step=s.step + 1, key=key, logits=out.logits[:, 0], value=out.values[:, 0],
+        cache=out.cache, done=s.done | ending, matched=keep(matched, s.matched),
+        closed=keep(closed, s.closed), result_pos=keep(result_pos, s.result_pos),
+        mismatch=keep(mismatch, s.mismatch),
+        tokens=_put(s.tokens, pos, action, active), logp=_put(s.logp, pos, logp, active),
+        values=_put(s.values, pos, s.value, active),
+        entropy=_put(s.entropy, pos, entropy, active),
+        rewards=_put(s.rewards, pos, reward, ending),
+        lengths=s.lengths + active, termination=keep(cause, s.termination),
+        solved=s.solved | (ending & correct))
+
+  s = jax.lax.while_loop(cond, body, init)
+  positions = jnp.arange(total)[None, :]
+  start = problems.prompt_lengths[:, None]
+  mask = ((positions >= start) & (positions < start + s.lengths[:, None])).astype(jnp.float32)
+  return trajectory_lib.Trajectory(
+      tokens=s.tokens, mask=mask, logp=s.logp, values=s.values, entropy=s.entropy,
+      rewards=s.rewards, prompt_lengths=problems.prompt_lengths, lengths=s.lengths,
+      termination=s.termination, solved=s.solved, ref_logp=zeros, certainty=zeros,
+      critical=jnp.zeros((batch, total), bool))
+
+
+def completions(traj: trajectory_lib.Trajectory) -> list[str]:
+  """Decodes the generated text of each episode."""
+  tokens, start, length = (np.asarray(x) for x in (traj.tokens, traj.prompt_lengths, traj.lengths))
+  return [tokenizer.decode(row[s:s + n]) for row, s, n in zip(tokens, start, length)]

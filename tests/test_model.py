@@ -1,0 +1,63 @@
+"""The GPT: shapes, parameter count, and KV-cache decoding equal to a full forward pass."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from critical_kl import model as model_lib
+
+TINY = model_lib.GPTConfig(block_size=32, n_layer=2, n_head=2, n_embd=16, value_hidden=8)
+
+
+def test_output_shapes():
+  params = model_lib.init_params(TINY, jax.random.key(0))
+  tokens = jnp.ones((3, 7), jnp.int32)
+  out = model_lib.forward(params, TINY, tokens)
+  assert out.logits.shape == (3, 7, TINY.vocab_size)
+  assert out.values.shape == (3, 7)
+  assert out.cache is None
+
+
+def test_paper_model_has_85m_parameters():
+  gpt = model_lib.GPTConfig(block_size=2048, **model_lib.PAPER_85M)
+  shapes = jax.eval_shape(lambda: model_lib.init_params(gpt, jax.random.key(0)))
+  assert 84e6 < model_lib.num_params(shapes) < 88e6
+
+
+def test_embeddings_are_tied():
+  params = model_lib.init_params(TINY, jax.random.key(0))
+  assert "lm_head" not in params and params["wte"]["embedding"].shape == (TINY.vocab_size, 16)
+
+
+def test_cached_decoding_matches_full_forward():
+  """Prefill rows of different lengths, then decode token by token at per-row positions."""
+  params = model_lib.init_params(TINY, jax.random.key(1))
+  tokens = jax.random.randint(jax.random.key(2), (2, 12), 1, TINY.vocab_size)
+  full = model_lib.forward(params, TINY, tokens)
+  prefix = jnp.array([3, 5])
+  cache = model_lib.init_cache(TINY, 2, 12)
+  out = model_lib.decode(params, TINY, tokens[:, :5], cache, jnp.zeros(2, jnp.int32))
+  for row, p in enumerate(np.asarray(prefix)):
+    np.testing.assert_allclose(out.logits[row, :p], full.logits[row, :p], atol=1e-5)
+  cache = out.cache
+  for step in range(6):
+    index = prefix + step
+    new = jnp.take_along_axis(tokens, index[:, None], axis=1)
+    out = model_lib.decode(params, TINY, new, cache, index)
+    cache = out.cache
+    for row in range(2):
+      np.testing.assert_allclose(out.logits[row, 0], full.logits[row, index[row]], atol=1e-5)
+      np.testing.assert_allclose(out.values[row, 0], full.values[row, index[row]], atol=1e-5)
+
+
+def test_positions_shift_the_output():
+  params = model_lib.init_params(TINY, jax.random.key(0))
+  tokens = jnp.ones((1, 4), jnp.int32)
+  a = model_lib.forward(params, TINY, tokens).logits
+  b = model_lib.forward(params, TINY, tokens, jnp.arange(4)[None] + 3).logits
+  assert not np.allclose(a, b)
+
+
+def test_bad_config_raises():
+  with pytest.raises(ValueError, match="divisible"):
+    model_lib.GPTConfig(n_embd=10, n_head=3)
