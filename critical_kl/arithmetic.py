@@ -166,6 +166,15 @@ def max_completion_length(num_digits: int) -> int:
   return len(scratchpad(nines, nines))
 
 
+# Tokens an RL episode may generate beyond the longest correct completion (SPEC §4).
+EPISODE_SLACK = 100
+
+
+def max_episode_length(num_digits: int) -> int:
+  """Episode length limit when the largest operand has `num_digits` digits (SPEC §4)."""
+  return max_completion_length(num_digits) + EPISODE_SLACK
+
+
 def max_sequence_length(num_digits: int) -> int:
   """Length of the longest prompt + completion for operands of at most `num_digits` digits."""
   _check_positive("num_digits", num_digits)

@@ -4,7 +4,6 @@ import numpy as np
 
 from critical_kl import arithmetic
 from critical_kl import model as model_lib
-from critical_kl import pretrain
 from critical_kl import sampling
 
 MODES = ("identical", "varying")
@@ -20,11 +19,6 @@ def bootstrap_ci(successes, num_resamples: int = 2000, seed: int = 0,
   means = x[rng.integers(0, x.size, size=(num_resamples, x.size))].mean(axis=1)
   tail = (1.0 - level) / 2.0
   return float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))
-
-
-def max_new_tokens(digits: int) -> int:
-  """Episode length limit when the largest operand has `digits` digits (SPEC §4)."""
-  return arithmetic.max_completion_length(digits) + pretrain.EPISODE_SLACK
 
 
 def solve(params, gpt: model_lib.GPTConfig, operands: np.ndarray, key: jax.Array, *,
@@ -46,7 +40,7 @@ def solve(params, gpt: model_lib.GPTConfig, operands: np.ndarray, key: jax.Array
     padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), axis=0)])
     problems = sampling.encode_problems(padded, prompt_length)
     key, sub = jax.random.split(key)
-    traj = sampling.rollout(params, gpt, problems, sub, max_new_tokens=max_new_tokens(max_digits),
+    traj = sampling.rollout(params, gpt, problems, sub, max_new_tokens=arithmetic.max_episode_length(max_digits),
                             temperature=temperature, greedy=greedy)
     solved.append(np.asarray(traj.solved)[:len(chunk)])
     texts.extend(sampling.completions(traj)[:len(chunk)])

@@ -17,19 +17,16 @@ import optax
 
 from critical_kl import arithmetic
 from critical_kl import checkpoints
+from critical_kl import evaluation
 from critical_kl import model as model_lib
 from critical_kl import tokenizer
-
-# Extra tokens an RL episode may generate beyond the longest correct completion (SPEC §4).
-EPISODE_SLACK = 100
-
 
 def model_config(config: ml_collections.ConfigDict) -> model_lib.GPTConfig:
   """The GPTConfig of a run; block_size 0 means: fit a rollout on N + 3 digits."""
   fields = config.model.to_dict()
   if not fields["block_size"]:
     longest = config.pretrain_max_digits + 3
-    needed = arithmetic.max_sequence_length(longest) + EPISODE_SLACK
+    needed = arithmetic.max_sequence_length(longest) + arithmetic.EPISODE_SLACK
     fields["block_size"] = -(-needed // 64) * 64
   return model_lib.GPTConfig(**fields)
 
@@ -123,6 +120,15 @@ def prepare_workdir(workdir: str, overwrite: bool) -> str:
   return ckpt_dir
 
 
+def progress_report(params, gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict) -> str:
+  """Greedy accuracy at N and N + 1 digits (varying suite), for progress lines."""
+  n = config.pretrain_max_digits
+  results = [evaluation.evaluate_suite(params, gpt, d, "varying", config.eval_num_examples,
+                                       seed=config.seed) for d in (n, n + 1)]
+  return "  greedy accuracy (varying): " + ", ".join(
+      f"{r['digits']} digits {100 * r['accuracy']:.1f}%" for r in results)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False,
           log=print) -> dict[str, Any]:
   """Pre-trains, checkpointing to `workdir/checkpoints`; resumes from the latest checkpoint.
@@ -155,5 +161,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = Fal
       losses = []
     if done % config.checkpoint_every == 0 or done == config.num_steps:
       checkpoints.save(mngr, done, state, saved)
+    if config.eval_every and done % config.eval_every == 0 and done < config.num_steps:
+      log(progress_report(state["params"], gpt, config))
   mngr.close()
   return state

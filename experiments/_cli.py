@@ -3,6 +3,7 @@ import os
 import sys
 
 from absl import app
+from absl import logging
 
 import critical_kl.configs
 from critical_kl import checkpoints
@@ -21,6 +22,7 @@ def run(main) -> None:
   def guarded(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.set_verbosity(logging.WARNING)  # keep Orbax's per-save INFO lines off the terminal
     try:
       return main(argv)
     except (ValueError, FileNotFoundError, checkpoints.CheckpointError) as e:

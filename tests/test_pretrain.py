@@ -53,7 +53,7 @@ def test_fixed_positions_without_random_start():
 
 def test_block_size_fits_n_plus_3_rollouts():
   gpt = pretrain.model_config(tiny_config())
-  assert gpt.block_size >= arithmetic.max_sequence_length(5) + pretrain.EPISODE_SLACK
+  assert gpt.block_size >= arithmetic.max_sequence_length(5) + arithmetic.EPISODE_SLACK
 
 
 def test_loss_decreases(tmp_path):

@@ -22,5 +22,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.grad_clip = 1.0
   c.log_every = 50
   c.checkpoint_every = 250
-  c.eval_num_examples = 200  # greedy accuracy at N and N+1 printed at the end of training
+  c.eval_every = 0  # print greedy accuracy at N and N+1 every this many steps (0: never)
+  c.eval_num_examples = 200  # problems per accuracy figure printed during and after training
   return c

@@ -1,0 +1,383 @@
+"""The KL-modulated policy-gradient loss of SPEC §5.
+
+The pieces are separate pure functions so that a user can recombine them in their own loss:
+
+- `kl_estimate`: the per-token estimators k1, k2, k3 of KL(π_θ‖π_ref) from sampled tokens;
+- `exact_kl`: the KL over the whole vocabulary;
+- `certainty`: the reference model's certainty Ĵ (paper Eq. 2 and the authors' variants);
+- `prioritized_weights`: w = (1 − b)·Ĵ^β + b, the token weights of the prioritized KL penalty;
+- `a2c_loss`, `ppo_loss`: actor + c_v·value − c_e·entropy + α·mean(w·k(ρ));
+- `kl_reward_penalty`: the same penalty placed in the rewards instead (PPO-RLHF style).
+
+Per-token arrays follow the `Trajectory` convention: entry [b, t] is about token `tokens[b, t]`.
+"""
+import numbers
+from typing import Any, Callable
+
+import chex
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from critical_kl.trajectory import Trajectory
+
+ESTIMATORS = ("k1", "k2", "k3")
+CERTAINTY_METHODS = ("negentropy", "negentropy_max_prob", "max_prob")
+
+Metrics = dict[str, jnp.ndarray]
+
+
+@flax.struct.dataclass
+class LossConfig:
+  """Hyper-parameters of the A2C / PPO losses.
+
+  The numeric fields are pytree leaves, so a sweep over e.g. `kl_coef` can be vmapped; the
+  others select code paths and are static.
+
+  Attributes:
+    estimator: KL estimator of the penalty, one of `ESTIMATORS`.
+    kl_coef: α, weight of the KL penalty.
+    value_coef: c_v, weight of the value loss.
+    entropy_coef: c_e, weight of the entropy bonus.
+    temperature: τ of π_θ = softmax(logits / τ); must be the sampling temperature.
+    clip_eps: ε of the PPO clipped surrogate.
+    kl_in_reward: the penalty goes into the rewards (`kl_reward_penalty`), not the loss.
+    use_kl: whether there is a KL penalty at all.
+  """
+  estimator: str = flax.struct.field(pytree_node=False, default="k2")
+  kl_coef: float = 5.0
+  value_coef: float = 0.1
+  entropy_coef: float = 0.0005
+  temperature: float = 2.0
+  clip_eps: float = 0.2
+  kl_in_reward: bool = flax.struct.field(pytree_node=False, default=False)
+  use_kl: bool = flax.struct.field(pytree_node=False, default=True)
+
+
+def _check_choice(kind: str, value: str, choices: tuple[str, ...]) -> None:
+  if value not in choices:
+    raise ValueError(f"Unknown {kind} {value!r}; valid names: {', '.join(choices)}.")
+
+
+def _check_concrete(value: Any, ok: Callable[[np.ndarray], Any], message: str) -> None:
+  """Raises ValueError(message) if `value` is a concrete number for which `ok` fails.
+
+  Traced values (under jit, or vmapped over a hyper-parameter sweep) cannot be inspected and
+  pass unchecked.
+  """
+  concrete = isinstance(value, (numbers.Real, np.ndarray, np.generic))
+  if concrete and not np.all(ok(np.asarray(value))):
+    raise ValueError(f"{message}, got {value!r}.")
+
+
+def validate_loss_config(cfg: LossConfig) -> None:
+  """Raises ValueError if a field of `cfg` is out of range (traced fields are not checked)."""
+  _check_choice("estimator", cfg.estimator, ESTIMATORS)
+  _check_concrete(cfg.temperature, lambda t: t > 0, "temperature must be > 0")
+  for name in ("kl_coef", "value_coef", "entropy_coef", "clip_eps"):
+    _check_concrete(getattr(cfg, name), lambda v: v >= 0, f"{name} must be >= 0")
+
+
+def _log_softmax(logits: jnp.ndarray, temperature: float) -> jnp.ndarray:
+  """log softmax(logits / temperature) over the last axis; same shape as `logits`."""
+  _check_concrete(temperature, lambda t: t > 0, "temperature must be > 0")
+  return jax.nn.log_softmax(jnp.asarray(logits) / temperature, axis=-1)
+
+
+def _entropy(log_probs: jnp.ndarray) -> jnp.ndarray:
+  """Shannon entropy over the last axis of normalised log-probabilities [..., V] → [...]."""
+  return -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
+
+
+def _estimate(rho: jnp.ndarray, estimator: str) -> jnp.ndarray:
+  """The KL estimator `estimator` of the log-ratio ρ, elementwise."""
+  _check_choice("estimator", estimator, ESTIMATORS)
+  if estimator == "k1":
+    return rho
+  if estimator == "k2":
+    return 0.5 * jnp.square(rho)
+  return jnp.expm1(-rho) + rho
+
+
+def kl_estimate(logp: chex.Array, ref_logp: chex.Array, estimator: str = "k2") -> jnp.ndarray:
+  """Per-token estimate of KL(π_θ‖π_ref) from the log-probabilities of tokens sampled from π_θ.
+
+  With ρ = logp − ref_logp: k1 = ρ, k2 = ½ρ², k3 = (e^{−ρ} − 1) + ρ. k1 and k3 are unbiased
+  estimates of the KL value; differentiated as a loss term, k2 gives the unbiased gradient of
+  KL(π_θ‖π_ref), k1 gives zero in expectation and k3 the gradient of the reverse KL(π_ref‖π_θ).
+
+  Args:
+    logp: [...], log π_θ(token).
+    ref_logp: [...], log π_ref(token), same shape.
+    estimator: one of `ESTIMATORS`.
+
+  Returns:
+    [...], the estimate for each token.
+  """
+  logp, ref_logp = jnp.asarray(logp), jnp.asarray(ref_logp)
+  chex.assert_equal_shape([logp, ref_logp])
+  return _estimate(logp - ref_logp, estimator)
+
+
+def exact_kl(logits: chex.Array, ref_logits: chex.Array, temperature: float) -> jnp.ndarray:
+  """KL(π_θ‖π_ref) over the whole vocabulary, π = softmax(logits / temperature).
+
+  Args:
+    logits: [..., V], logits of π_θ.
+    ref_logits: [..., V], logits of π_ref, same shape.
+    temperature: τ > 0, applied to both.
+
+  Returns:
+    [...], Σ_v π_θ(v)·(log π_θ(v) − log π_ref(v)).
+  """
+  chex.assert_equal_shape([logits, ref_logits])
+  log_probs = _log_softmax(logits, temperature)
+  ref_log_probs = _log_softmax(ref_logits, temperature)
+  return jnp.sum(jnp.exp(log_probs) * (log_probs - ref_log_probs), axis=-1)
+
+
+def certainty(ref_logits: chex.Array,
+              method: str = "negentropy_max_prob",
+              temperature: float = 4.0) -> jnp.ndarray:
+  """Certainty Ĵ ∈ [0, 1] of the reference model, p = softmax(ref_logits / temperature).
+
+  Methods (names from the authors' code), with |V| = ref_logits.shape[-1]:
+    "negentropy" (paper Eq. 2): 1 − H(p) / log|V|;
+    "negentropy_max_prob" (authors' default): 1 + log(max p) / log|V|;
+    "max_prob": max p.
+  Ĵ is 1 for a one-hot p; the first two are 0 for a uniform p, "max_prob" is 1/|V|.
+
+  Args:
+    ref_logits: [..., V] with V ≥ 2.
+    method: one of `CERTAINTY_METHODS`.
+    temperature: τ_c > 0.
+
+  Returns:
+    [...], Ĵ, never differentiated.
+  """
+  _check_choice("certainty method", method, CERTAINTY_METHODS)
+  ref_logits = jnp.asarray(ref_logits)
+  if ref_logits.shape[-1] < 2:
+    raise ValueError(f"certainty needs a vocabulary of at least 2, got {ref_logits.shape}.")
+  log_probs = _log_softmax(ref_logits, temperature)
+  log_vocab = np.log(ref_logits.shape[-1])
+  if method == "negentropy":
+    result = 1.0 - _entropy(log_probs) / log_vocab
+  elif method == "negentropy_max_prob":
+    result = 1.0 + jnp.max(log_probs, axis=-1) / log_vocab
+  else:
+    result = jnp.exp(jnp.max(log_probs, axis=-1))
+  # Rounding can put a near-uniform Ĵ slightly below 0, and Ĵ^β of a negative base is NaN.
+  return jax.lax.stop_gradient(jnp.clip(result, 0.0, 1.0))
+
+
+def prioritized_weights(certainty: chex.Array,  # pylint: disable=redefined-outer-name
+                        beta: chex.Numeric,
+                        intercept: chex.Numeric = 0.0) -> jnp.ndarray:
+  """KL weights of the prioritized penalty, w = (1 − b)·Ĵ^β + b.
+
+  Uncertain reference predictions (small Ĵ, e.g. critical tokens) get small weights, so the
+  policy may explore there; β = 0 gives ones (jnp.power(0, 0) = 1), i.e. the standard KL penalty.
+  `beta` and `intercept` may be traced, e.g. vmapped over a β ablation; they are only checked
+  when concrete.
+
+  Args:
+    certainty: [...], Ĵ ∈ [0, 1].
+    beta: β ≥ 0, scalar or broadcastable to `certainty`.
+    intercept: b ≤ 0, the weight floor at Ĵ = 0.
+
+  Returns:
+    [...], the weights.
+  """
+  _check_concrete(beta, lambda b: b >= 0, "beta must be >= 0")
+  _check_concrete(intercept, lambda b: b <= 0, "intercept must be <= 0")
+  return (1.0 - intercept) * jnp.power(jnp.asarray(certainty), beta) + intercept
+
+
+def token_logp_and_entropy(logits: chex.Array, tokens: chex.Array,
+                           temperature: float) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Log-probability of each token and entropy of its distribution, π = softmax(logits / τ).
+
+  Args:
+    logits: [B, T, V], aligned to `tokens` (entry t is the distribution of token t).
+    tokens: int [B, T].
+    temperature: τ > 0.
+
+  Returns:
+    logp: [B, T], log π(tokens[b, t]).
+    entropy: [B, T], H(π) at each position.
+  """
+  chex.assert_rank([logits, tokens], [3, 2])
+  chex.assert_equal_shape_prefix([logits, tokens], 2)
+  log_probs = _log_softmax(logits, temperature)
+  logp = jnp.take_along_axis(log_probs, jnp.asarray(tokens)[..., None], axis=-1)[..., 0]
+  return logp, _entropy(log_probs)
+
+
+def masked_mean(x: chex.Array, mask: chex.Array) -> jnp.ndarray:
+  """sum(x·mask) / max(sum(mask), 1): the mean over valid entries, 0 if there are none.
+
+  Args:
+    x: [...].
+    mask: [...], same shape, 1 on valid entries.
+
+  Returns:
+    A scalar.
+  """
+  chex.assert_equal_shape([x, mask])
+  return jnp.sum(x * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def _masked_log_ratio(logp: jnp.ndarray, other_logp: jnp.ndarray,
+                      mask: jnp.ndarray) -> jnp.ndarray:
+  """logp − stop_gradient(other_logp) on valid tokens, 0 elsewhere; all [B, T].
+
+  Prompt and padding positions can hold arbitrary log-probabilities; an exponential of them
+  (k3, the PPO ratio) could overflow there, and 0·inf = NaN would leak through the mask.
+  """
+  other_logp = jnp.where(mask > 0, other_logp, logp)
+  return logp - jax.lax.stop_gradient(other_logp)
+
+
+ActorFn = Callable[[jnp.ndarray, Trajectory, jnp.ndarray, LossConfig],
+                   tuple[jnp.ndarray, Metrics]]
+
+
+def _a2c_actor(logp: jnp.ndarray, traj: Trajectory, advantages: jnp.ndarray,
+               cfg: LossConfig) -> tuple[jnp.ndarray, Metrics]:
+  """−mean_t[log π_θ(a_t)·A_t]; logp and advantages [B, T]."""
+  del cfg  # The A2C actor has no hyper-parameter.
+  return -masked_mean(logp * advantages, traj.mask), {}
+
+
+def _ppo_actor(logp: jnp.ndarray, traj: Trajectory, advantages: jnp.ndarray,
+               cfg: LossConfig) -> tuple[jnp.ndarray, Metrics]:
+  """−mean_t[min(r·A, clip(r, 1 ± ε)·A)], r = π_θ / π_old; logp and advantages [B, T]."""
+  log_ratio = _masked_log_ratio(logp, traj.logp, traj.mask)
+  ratio = jnp.exp(log_ratio)
+  clipped = jnp.clip(ratio, 1.0 - cfg.clip_eps, 1.0 + cfg.clip_eps)
+  surrogate = jnp.minimum(ratio * advantages, clipped * advantages)
+  metrics = {
+      "clip_fraction": masked_mean(
+          (jnp.abs(ratio - 1.0) > cfg.clip_eps).astype(jnp.float32), traj.mask),
+      # k3 of KL(π_old‖π_θ): the tokens were sampled from π_old.
+      "approx_kl": masked_mean(_estimate(-jax.lax.stop_gradient(log_ratio), "k3"), traj.mask),
+  }
+  return -masked_mean(surrogate, traj.mask), metrics
+
+
+def _policy_loss(actor_fn: ActorFn, logits: chex.Array, values: chex.Array,
+                 ref_logits: chex.Array, traj: Trajectory, advantages: chex.Array,
+                 returns: chex.Array, kl_weights: chex.Array,
+                 cfg: LossConfig) -> tuple[jnp.ndarray, Metrics]:
+  """The terms shared by `a2c_loss` and `ppo_loss` around the actor term `actor_fn`."""
+  validate_loss_config(cfg)
+  chex.assert_rank([logits, ref_logits, values], [3, 3, 2])
+  chex.assert_equal_shape([logits, ref_logits])
+  chex.assert_equal_shape([values, traj.tokens, traj.mask, traj.ref_logp, advantages, returns,
+                           kl_weights])
+  mask = traj.mask
+  advantages, returns, kl_weights = jax.lax.stop_gradient((advantages, returns, kl_weights))
+
+  logp, entropy = token_logp_and_entropy(logits, traj.tokens, cfg.temperature)
+  actor_loss, actor_metrics = actor_fn(logp, traj, advantages, cfg)
+  value_loss = masked_mean(jnp.square(returns - values), mask)
+  mean_entropy = masked_mean(entropy, mask)
+  # ρ is differentiated through the policy's own log-probability of the taken token.
+  rho = _masked_log_ratio(logp, traj.ref_logp, mask)
+  kl = {name: _estimate(rho, name) for name in ESTIMATORS}
+  kl_weighted = masked_mean(kl_weights * kl[cfg.estimator], mask)
+
+  loss = actor_loss + cfg.value_coef * value_loss - cfg.entropy_coef * mean_entropy
+  if cfg.use_kl and not cfg.kl_in_reward:
+    loss = loss + cfg.kl_coef * kl_weighted
+
+  critical = traj.critical.astype(mask.dtype) * mask
+  metrics = {
+      "loss": loss,
+      "actor_loss": actor_loss,
+      "value_loss": value_loss,
+      "entropy": mean_entropy,
+      **{f"kl_{name}": masked_mean(k, mask) for name, k in kl.items()},
+      "kl_exact": masked_mean(exact_kl(logits, ref_logits, cfg.temperature), mask),
+      "kl_weighted": kl_weighted,
+      "kl_critical": masked_mean(kl[cfg.estimator], critical),
+      "kl_other": masked_mean(kl[cfg.estimator], mask - critical),
+      "certainty_mean": masked_mean(traj.certainty, mask),
+      "certainty_critical": masked_mean(traj.certainty, critical),
+      "weight_mean": masked_mean(kl_weights, mask),
+      **actor_metrics,
+  }
+  return loss, jax.lax.stop_gradient(metrics)
+
+
+def a2c_loss(logits: chex.Array, values: chex.Array, ref_logits: chex.Array, traj: Trajectory,
+             advantages: chex.Array, returns: chex.Array, kl_weights: chex.Array,
+             cfg: LossConfig) -> tuple[jnp.ndarray, Metrics]:
+  """A2C loss with a (prioritized) KL penalty (SPEC §5).
+
+  loss = actor + c_v·value − c_e·entropy + α·mean_t[w_t·k(ρ_t)], with actor =
+  −mean_t[log π_θ(a_t)·A_t], value = mean_t[(R_t − V(s_t))²], entropy = mean_t[H(π_θ)], means
+  over `traj.mask`. The KL term is left out when `cfg.kl_in_reward` (see `kl_reward_penalty`) or
+  not `cfg.use_kl`.
+
+  Args:
+    logits: [B, T, V], the current policy's logits aligned to `traj.tokens` (entry t is the
+      distribution of token t; see `trajectory.align_to_tokens`).
+    values: [B, T], the current value of each token's prefix.
+    ref_logits: [B, T, V], the reference model's logits, aligned likewise; only used for the
+      `kl_exact` metric, at `cfg.temperature`.
+    traj: the batch. ρ = logp − traj.ref_logp, so the loss and `kl_reward_penalty` use the same
+      reference numbers; traj.ref_logp must be log softmax(ref_logits / cfg.temperature) at the
+      taken tokens.
+    advantages: [B, T], e.g. from `advantages.gae`; not differentiated.
+    returns: [B, T], value targets; not differentiated.
+    kl_weights: [B, T], ones for the standard KL penalty or `prioritized_weights(traj.certainty,
+      β)` for the prioritized one; not differentiated.
+    cfg: the hyper-parameters.
+
+  Returns:
+    loss: a scalar.
+    metrics: scalars loss, actor_loss, value_loss, entropy, kl_k1, kl_k2, kl_k3, kl_exact,
+      kl_weighted (mean of w·k(ρ)), kl_critical and kl_other (the chosen estimator on critical
+      and on other tokens), certainty_mean, certainty_critical and weight_mean.
+  """
+  return _policy_loss(_a2c_actor, logits, values, ref_logits, traj, advantages, returns,
+                      kl_weights, cfg)
+
+
+def ppo_loss(logits: chex.Array, values: chex.Array, ref_logits: chex.Array, traj: Trajectory,
+             advantages: chex.Array, returns: chex.Array, kl_weights: chex.Array,
+             cfg: LossConfig) -> tuple[jnp.ndarray, Metrics]:
+  """PPO loss with a (prioritized) KL penalty.
+
+  As `a2c_loss` (same arguments and shapes) with the clipped surrogate as actor term,
+  −mean_t[min(r·A, clip(r, 1 ± ε)·A)], r = exp(logp − traj.logp). The metrics add
+  clip_fraction (share of tokens with |r − 1| > ε) and approx_kl (k3 of KL(π_old‖π_θ)).
+  """
+  return _policy_loss(_ppo_actor, logits, values, ref_logits, traj, advantages, returns,
+                      kl_weights, cfg)
+
+
+def kl_reward_penalty(traj: Trajectory, kl_weights: chex.Array, cfg: LossConfig) -> jnp.ndarray:
+  """Per-token reward penalty −α·w·k(ρ) of the PPO-RLHF placement, ρ = traj.logp − traj.ref_logp.
+
+  It is zero unless `cfg.use_kl and cfg.kl_in_reward`, the case in which the losses leave their
+  KL term out: a caller can always add it to the rewards before computing the advantages.
+
+  Args:
+    traj: the batch (its log-probabilities are those of the sampling policy).
+    kl_weights: [B, T], as for `a2c_loss`.
+    cfg: the hyper-parameters.
+
+  Returns:
+    [B, T], the penalty, 0 where `traj.mask` is 0; not differentiated.
+  """
+  validate_loss_config(cfg)
+  chex.assert_equal_shape([traj.logp, traj.ref_logp, traj.mask, kl_weights])
+  if not (cfg.use_kl and cfg.kl_in_reward):
+    return jnp.zeros_like(traj.logp)
+  rho = _masked_log_ratio(traj.logp, traj.ref_logp, traj.mask)
+  penalty = -cfg.kl_coef * kl_weights * _estimate(rho, cfg.estimator) * traj.mask
+  return jax.lax.stop_gradient(penalty)
