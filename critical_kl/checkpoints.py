@@ -15,6 +15,11 @@ import orbax.checkpoint as ocp
 from critical_kl import model as model_lib
 
 
+# The model shipped with the package: pre-trained on 1..5 digits (configs/phenomenon.py).
+DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained",
+                             "addition_n5")
+
+
 class CheckpointError(ValueError):
   """A checkpoint is missing or does not match the requested config."""
 

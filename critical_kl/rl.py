@@ -1,0 +1,238 @@
+"""RL fine-tuning with a (prioritized) KL penalty: collect → reference pass → advantages → update.
+
+One iteration (SPEC §4–§5) is a pure function of (state, β, problems), jitted, and vmapped over
+*runs*: a run is one seed of one arm, and arms that differ only by β (standard KL is β = 0, since
+Ĵ^0 = 1) share the compiled function. Problems are drawn on the host by numpy, keyed by
+(seed, run seed, iteration), so a resumed run sees the same problems as an uninterrupted one, and
+the two arms of a comparison see the same problems for the same seed.
+"""
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from critical_kl import advantages as advantages_lib
+from critical_kl import arithmetic
+from critical_kl import losses
+from critical_kl import model as model_lib
+from critical_kl import sampling
+from critical_kl import tokenizer
+from critical_kl import trajectory as trajectory_lib
+
+LOSSES = {"a2c": losses.a2c_loss, "ppo": losses.ppo_loss}
+
+
+class RLState(NamedTuple):
+  params: Any
+  opt_state: Any
+  key: jax.Array  # raw uint32 key data, so that checkpoints hold a plain array
+
+
+class Batch(NamedTuple):
+  """The problems of one collect: `problems` [B, P] and `critical` bool [B, T]."""
+  problems: sampling.Problems
+  critical: np.ndarray
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Raises ValueError on hyper-parameters that cannot run (SPEC §5 ranges)."""
+  losses.validate_loss_config(loss_config(config))
+  if config.loss not in LOSSES:
+    raise ValueError(f"unknown loss {config.loss!r}; valid: {', '.join(LOSSES)}")
+  if config.certainty_method not in losses.CERTAINTY_METHODS:
+    raise ValueError(f"unknown certainty method {config.certainty_method!r}; valid: "
+                     f"{', '.join(losses.CERTAINTY_METHODS)}")
+  checks = {"beta": config.beta >= 0, "intercept": config.intercept <= 0,
+            "certainty_temperature": config.certainty_temperature > 0,
+            "learning_rate": config.learning_rate > 0, "extra_digits": config.extra_digits >= 1,
+            "num_iterations": config.num_iterations >= 1, "num_seeds": config.num_seeds >= 1,
+            "gamma": 0 <= config.gamma <= 1, "lam": 0 <= config.lam <= 1}
+  bad = [name for name, ok in checks.items() if not ok]
+  if bad:
+    raise ValueError("out of range: " + ", ".join(f"{n}={config[n]}" for n in bad))
+  if config.episodes_per_collect % config.num_minibatches:
+    raise ValueError(f"episodes_per_collect ({config.episodes_per_collect}) must be a multiple "
+                     f"of num_minibatches ({config.num_minibatches})")
+
+
+def loss_config(config: ml_collections.ConfigDict) -> losses.LossConfig:
+  return losses.LossConfig(
+      estimator=config.estimator, kl_coef=config.kl_coef, value_coef=config.value_coef,
+      entropy_coef=config.entropy_coef, temperature=config.temperature,
+      clip_eps=config.clip_eps, kl_in_reward=config.kl_in_reward, use_kl=config.use_kl)
+
+
+def run_beta(config: ml_collections.ConfigDict) -> float:
+  """The β of a run: 0 (all weights 1, the standard KL) unless the KL is prioritized."""
+  return float(config.beta) if config.prioritized else 0.0
+
+
+class Task(NamedTuple):
+  """Sizes fixed by the pre-trained model and the RL distribution "N + k"."""
+  n_max: int
+  digits: int  # N + k, the longest operand
+  prompt_length: int
+  max_new_tokens: int
+
+
+def make_task(n_max: int, extra_digits: int) -> Task:
+  digits = n_max + extra_digits
+  nines = 10**digits - 1
+  return Task(n_max, digits, len(arithmetic.prompt(nines, nines)),
+              arithmetic.max_episode_length(digits))
+
+
+def critical_positions(operands: np.ndarray, n_max: int, prompt_lengths, total: int) -> np.ndarray:
+  """bool [B, total]: buffer positions of the critical tokens of each problem's correct completion."""
+  mask = np.zeros((len(operands), total), bool)
+  for row, ((a, b), start) in enumerate(zip(operands, np.asarray(prompt_lengths))):
+    offsets = [t["offset"] for t in arithmetic.critical_tokens(int(a), int(b), n_max)]
+    mask[row, start + np.asarray(offsets, int)] = True
+  return mask
+
+
+def make_batch(operands: np.ndarray, task: Task) -> Batch:
+  problems = sampling.encode_problems(operands, task.prompt_length)
+  total = task.prompt_length + task.max_new_tokens
+  return Batch(problems, critical_positions(operands, task.n_max, problems.prompt_lengths, total))
+
+
+def collect_batch(config: ml_collections.ConfigDict, task: Task, run_seed: int,
+                  iteration: int) -> Batch:
+  """The RL problems ("N + k", SPEC §4) of one run at one iteration."""
+  rng = np.random.default_rng([config.seed, run_seed, iteration])
+  operands = arithmetic.sample_rl(rng, config.episodes_per_collect, task.n_max,
+                                  config.extra_digits)
+  return make_batch(operands, task)
+
+
+def stack(items):
+  """Stacks a list of pytrees along a new leading (run) axis."""
+  return jax.tree_util.tree_map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *items)
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  return optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.adam(config.learning_rate))
+
+
+def init_state(params, config: ml_collections.ConfigDict, key: jax.Array) -> RLState:
+  return RLState(params, make_optimizer(config).init(params), jax.random.key_data(key))
+
+
+def reference_pass(ref_params, gpt: model_lib.GPTConfig, traj: trajectory_lib.Trajectory,
+                   config: ml_collections.ConfigDict):
+  """Teacher-forced pass of the frozen model: fills ref_logp and certainty; returns ref logits.
+
+  Returns:
+    (trajectory, ref_logits [B, T, V] aligned to the tokens).
+  """
+  ref_logits = trajectory_lib.align_to_tokens(model_lib.forward(ref_params, gpt, traj.tokens).logits)
+  ref_logp, _ = losses.token_logp_and_entropy(ref_logits, traj.tokens, config.temperature)
+  certainty = losses.certainty(ref_logits, config.certainty_method, config.certainty_temperature)
+  return traj.replace(ref_logp=ref_logp, certainty=certainty), ref_logits
+
+
+def _policy_loss(params, gpt, config, minibatch):
+  traj, ref_logits, adv, ret, weights = minibatch
+  out = model_lib.forward(params, gpt, traj.tokens)
+  logits = trajectory_lib.align_to_tokens(out.logits)
+  values = trajectory_lib.align_to_tokens(out.values)
+  return LOSSES[config.loss](logits, values, ref_logits, traj, adv, ret, weights,
+                             loss_config(config))
+
+
+def make_iteration(gpt: model_lib.GPTConfig, ref_params, config: ml_collections.ConfigDict,
+                   task: Task):
+  """Returns iteration(state, beta, problems, critical) → (state, metrics) for ONE run.
+
+  Shapes: problems [B, P], critical bool [B, T]; beta a scalar (vmappable). Metrics are scalars.
+  """
+  optimizer = make_optimizer(config)
+  loss_cfg = loss_config(config)
+  grad_fn = jax.grad(functools.partial(_policy_loss, gpt=gpt, config=config), has_aux=True)
+
+  def update(state: RLState, minibatches):
+    def step(carry, minibatch):
+      params, opt_state = carry
+      grads, metrics = grad_fn(params, minibatch=minibatch)
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      return (optax.apply_updates(params, updates), opt_state), metrics
+    (params, opt_state), metrics = jax.lax.scan(step, (state.params, state.opt_state), minibatches)
+    return params, opt_state, jax.tree_util.tree_map(jnp.mean, metrics)
+
+  def iteration(state: RLState, beta, problems: sampling.Problems, critical):
+    key, rollout_key, perm_key = jax.random.split(jax.random.wrap_key_data(state.key), 3)
+    traj = sampling.rollout(state.params, gpt, problems, rollout_key,
+                            max_new_tokens=task.max_new_tokens, temperature=config.temperature,
+                            failure_reward=config.failure_reward)
+    traj, ref_logits = reference_pass(ref_params, gpt, traj, config)
+    traj = traj.replace(critical=critical & (traj.mask > 0))
+    weights = losses.prioritized_weights(traj.certainty, beta, config.intercept)
+    rewards = traj.rewards + losses.kl_reward_penalty(traj, weights, loss_cfg)
+    adv, ret = advantages_lib.gae(rewards, traj.values, traj.mask, config.gamma, config.lam)
+    order = jax.random.permutation(perm_key, problems.prompts.shape[0])
+    split = lambda x: x[order].reshape((config.num_minibatches, -1) + x.shape[1:])
+    minibatches = jax.tree_util.tree_map(split, (traj, ref_logits, adv, ret, weights))
+    params, opt_state, metrics = update(state, minibatches)
+    metrics = dict(metrics, success=jnp.mean(traj.solved.astype(jnp.float32)),
+                   episode_length=jnp.mean(traj.lengths.astype(jnp.float32)),
+                   max_length_share=jnp.mean(traj.termination == trajectory_lib.MAX_LENGTH))
+    return RLState(params, opt_state, jax.random.key_data(key)), metrics
+
+  return iteration
+
+
+def make_runs_iteration(gpt, ref_params, config, task):
+  """The iteration vmapped over runs: state, beta [R], problems [R, B, P], critical [R, B, T]."""
+  return jax.jit(jax.vmap(make_iteration(gpt, ref_params, config, task)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation of many runs at once.
+
+
+def make_runs_accuracy(gpt: model_lib.GPTConfig, max_new_tokens: int, temperature: float,
+                       greedy: bool):
+  """accuracy(params [R, ...], problems [B, P], key) → [R] share of problems solved."""
+  def accuracy(params, problems, key):
+    traj = sampling.rollout(params, gpt, problems, key, max_new_tokens=max_new_tokens,
+                            temperature=temperature, greedy=greedy)
+    return jnp.mean(traj.solved.astype(jnp.float32))
+  return jax.jit(jax.vmap(accuracy, in_axes=(0, None, None)))
+
+
+class TeacherSet(NamedTuple):
+  """Correct completions of fixed problems for teacher-forced measurements.
+
+  tokens int32 [B, T] (prompt + completion), mask float32 [B, T] on completion tokens,
+  critical float32 [B, T] on critical tokens (SPEC §6).
+  """
+  tokens: np.ndarray
+  mask: np.ndarray
+  critical: np.ndarray
+
+
+def teacher_set(operands: np.ndarray, n_max: int) -> TeacherSet:
+  prompts = [arithmetic.prompt(int(a), int(b)) for a, b in operands]
+  texts = [p + arithmetic.scratchpad(int(a), int(b)) for p, (a, b) in zip(prompts, operands)]
+  tokens, lengths = tokenizer.encode_batch(texts)
+  starts = np.array([len(p) for p in prompts])
+  index = np.arange(tokens.shape[1])[None, :]
+  mask = (index >= starts[:, None]) & (index < lengths[:, None])
+  critical = critical_positions(operands, n_max, starts, tokens.shape[1])
+  return TeacherSet(tokens, mask.astype(np.float32), critical.astype(np.float32))
+
+
+def make_runs_critical_probability(gpt: model_lib.GPTConfig):
+  """probability(params [R, ...], TeacherSet) → [R] mean π(correct token | correct prefix) over
+  critical tokens, at temperature 1 (SPEC §6, the paper's Figures 4 and 7)."""
+  def probability(params, tokens, critical):
+    logits = trajectory_lib.align_to_tokens(model_lib.forward(params, gpt, tokens).logits)
+    logp, _ = losses.token_logp_and_entropy(logits, tokens, 1.0)
+    return losses.masked_mean(jnp.exp(logp), critical)
+  vmapped = jax.jit(jax.vmap(probability, in_axes=(0, None, None)))
+  return lambda params, s: vmapped(params, jnp.asarray(s.tokens), jnp.asarray(s.critical))

@@ -1,0 +1,307 @@
+"""Throughput of pre-training and generation on this machine, against its own matmul peak.
+
+  python -m experiments.benchmark                  # both models, about five minutes on 2 CPU cores
+  python -m experiments.benchmark --models=default --reps=5 --json=/tmp/benchmark.json
+
+For each model it measures
+  * the pre-training step: tokens/s, and achieved FLOP/s as a fraction of the dense float32 matmul
+    peak measured in the same run;
+  * greedy generation of --gen_tokens tokens per prompt with the KV cache, and with full
+    recomputation (a forward pass over the whole token buffer for every new token).
+Both models see the task of the default config (1..3-digit addition, 242-token training sequences);
+only the architecture differs. Every time is the best of --reps calls after one warm-up call, which
+also compiles; the best rather than the mean because other processes on the machine only ever add
+time. The run prints a table, then all figures as one JSON line.
+"""
+import functools
+import json
+import os
+import time
+
+from absl import flags
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from critical_kl import arithmetic
+from critical_kl import model as model_lib
+from critical_kl import pretrain
+from critical_kl import sampling
+from critical_kl import tokenizer
+from critical_kl.configs import pretrain_default
+from experiments import _cli
+
+# Per-model architecture, and the defaults of --batch_size, --reps and --recompute_tokens, sized so
+# that the whole run stays near five minutes on 2 CPU cores. Recomputation costs the 85M model
+# seconds per generated token there, so only a few of its tokens are timed (None: all of them).
+MODELS = {
+    "default": dict(model={}, batch_size=32, reps=3, recompute_tokens=None),
+    "paper85m": dict(model=model_lib.PAPER_85M, batch_size=8, reps=1, recompute_tokens=4),
+}
+
+# Targets on a CPU, from the issue that asked for this benchmark.
+TARGET_PEAK_FRACTION = 0.4  # pre-training step of the 85M model
+TARGET_SPEEDUP = 10.0  # cached over recomputed generation, at 300 generated tokens
+
+_MODELS = flags.DEFINE_list("models", list(MODELS), f"Models to measure, from {list(MODELS)}.")
+_BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", None, "Pre-training batch (default: 32 for default, 8 for paper85m).")
+_GEN_BATCH = flags.DEFINE_integer("gen_batch", 8, "Prompts generated side by side.")
+_GEN_TOKENS = flags.DEFINE_integer("gen_tokens", 300, "Tokens generated per prompt.")
+_RECOMPUTE_TOKENS = flags.DEFINE_integer(
+    "recompute_tokens", None,
+    "Tokens per prompt timed with full recomputation, out of --gen_tokens; every one costs a forward "
+    "pass over the same full buffer, so fewer give the same rate sooner. 0 skips recomputation "
+    "(default: all for default, 4 for paper85m).")
+_REPS = flags.DEFINE_integer(
+    "reps", None, "Timed calls per measurement after the warm-up; the best counts "
+    "(default: 3 for default, 1 for paper85m).")
+_JSON = flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
+
+
+def timeit(fn, reps: int) -> float:
+  """Best wall time in seconds of `reps` calls of `fn()`, after one untimed call that compiles."""
+  jax.block_until_ready(fn())
+  times = []
+  for _ in range(reps):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+def measure_matmul_peak(size: int = 2048, reps: int = 5) -> float:
+  """GFLOP/s of a jitted float32 [size, size] @ [size, size] matmul: this machine's dense peak."""
+  a, b = jax.random.normal(jax.random.key(0), (2, size, size), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  return 2 * size**3 / timeit(lambda: dot(a, b), reps) / 1e9
+
+
+def task_config(model_fields: dict, batch_size: int) -> ml_collections.ConfigDict:
+  """The default pre-training config with another architecture and batch size."""
+  config = pretrain_default.get_config()
+  config.model.update(model_fields)
+  config.batch_size = batch_size
+  return config
+
+
+def measure_pretrain(config: ml_collections.ConfigDict, reps: int) -> dict:
+  """Time of one pre-training step (forward, backward, AdamW update) on the batch of step 0."""
+  gpt = pretrain.model_config(config)
+  optimizer = pretrain.make_optimizer(config)
+  state = pretrain.init_state(config, optimizer)
+  train_step = pretrain.make_train_step(gpt, optimizer)
+  batch = [jnp.asarray(x) for x in pretrain.make_batch(config, 0)]
+  seconds = timeit(lambda: train_step(state, *batch), reps)
+  batch_size, length = batch[0].shape
+  tokens = batch_size * length
+  # Forward FLOPs from model.flops_per_token with the whole sequence as context, since attention
+  # scores every position pair before masking; it leaves out the value head (about 5% of the default
+  # model, 0.1% of the 85M one) and elementwise work. Backward costs twice the forward. The AdamW
+  # update is timed but not counted. So the achieved FLOP/s slightly understate the work done.
+  flops = 3 * model_lib.flops_per_token(gpt, length) * tokens
+  return dict(train_batch=batch_size, train_length=length, train_step_s=seconds,
+              train_tokens_per_s=tokens / seconds, train_gflops_per_s=flops / seconds / 1e9)
+
+
+def generation_prompts(config: ml_collections.ConfigDict, batch: int) -> sampling.Problems:
+  """`batch` pre-training problems, prompts padded to the longest N-digit prompt."""
+  rng = np.random.default_rng([config.seed, batch])
+  operands = arithmetic.sample_balanced(rng, batch, config.pretrain_max_digits)
+  largest = 10**config.pretrain_max_digits - 1
+  return sampling.encode_problems(operands, len(arithmetic.prompt(largest, largest)))
+
+
+def _token_buffer(gpt: model_lib.GPTConfig, prompts, num_new: int):
+  """The prompts [B, P] followed by `num_new` padding tokens: [B, P + num_new]."""
+  if prompts.shape[1] + num_new > gpt.block_size:
+    raise ValueError(f"prompt ({prompts.shape[1]}) + {num_new} generated tokens exceed the "
+                     f"model's block_size ({gpt.block_size})")
+  pad = jnp.full((prompts.shape[0], num_new), tokenizer.PAD_ID, jnp.int32)
+  return jnp.concatenate([prompts.astype(jnp.int32), pad], axis=1)
+
+
+def _greedy(logits):
+  return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("gpt", "num_new"))
+def cached_greedy(params, gpt: model_lib.GPTConfig, prompts, prompt_lengths, num_new: int):
+  """Greedy decoding with the KV cache for exactly `num_new` tokens per row.
+
+  Unlike `sampling.rollout`, rows never stop early: an untrained model emits the padding token at
+  random, which would end rollouts after a varying number of tokens.
+
+  Args:
+    params: GPT parameters.
+    gpt: the GPT's config.
+    prompts: int32 [B, P], right-padded.
+    prompt_lengths: int32 [B].
+    num_new: tokens to generate per row.
+
+  Returns:
+    int32 [B, P + num_new]: row b holds its prompt, then its tokens from position prompt_lengths[b].
+  """
+  batch, length = prompts.shape
+  rows = jnp.arange(batch)
+  tokens = _token_buffer(gpt, prompts, num_new)
+  cache = model_lib.init_cache(gpt, batch, length + num_new)
+  out = model_lib.decode(params, gpt, prompts, cache, jnp.zeros(batch, jnp.int32))
+
+  def step(i, carry):
+    tokens, logits, cache = carry
+    pos = prompt_lengths + i
+    token = _greedy(logits)
+    out = model_lib.decode(params, gpt, token[:, None], cache, pos)
+    return tokens.at[rows, pos].set(token), out.logits[:, 0], out.cache
+
+  init = (tokens, out.logits[rows, prompt_lengths - 1], out.cache)
+  return jax.lax.fori_loop(0, num_new, step, init)[0]
+
+
+@functools.partial(jax.jit, static_argnames=("gpt", "num_new", "steps"))
+def recomputed_greedy(params, gpt: model_lib.GPTConfig, prompts, prompt_lengths, num_new: int,
+                      steps: int):
+  """Greedy decoding without a cache: every token reruns `model.forward` over the whole buffer.
+
+  The buffer keeps its full size P + num_new throughout, so that one compilation serves every step;
+  causal attention keeps the padding after a row's last token from changing its logits. Each step
+  therefore costs the same, a forward pass over [B, P + num_new].
+
+  Args:
+    params, gpt, prompts, prompt_lengths, num_new: as in `cached_greedy`.
+    steps: tokens actually generated, at most num_new; the rest stay padding.
+
+  Returns:
+    int32 [B, P + num_new], as in `cached_greedy`.
+  """
+  rows = jnp.arange(prompts.shape[0])
+
+  def step(i, tokens):
+    pos = prompt_lengths + i
+    logits = model_lib.forward(params, gpt, tokens).logits[rows, pos - 1]
+    return tokens.at[rows, pos].set(_greedy(logits))
+
+  return jax.lax.fori_loop(0, steps, step, _token_buffer(gpt, prompts, num_new))
+
+
+def measure_cached_generation(params, gpt: model_lib.GPTConfig, problems: sampling.Problems,
+                              num_new: int, reps: int) -> float:
+  """Generated tokens/s of `cached_greedy`, prefill of the prompts included."""
+  seconds = timeit(lambda: cached_greedy(params, gpt, problems.prompts, problems.prompt_lengths,
+                                         num_new), reps)
+  return problems.prompts.shape[0] * num_new / seconds
+
+
+def measure_recomputed_generation(params, gpt: model_lib.GPTConfig, problems: sampling.Problems,
+                                  num_new: int, steps: int, reps: int) -> float:
+  """Generated tokens/s of `recomputed_greedy`, timing `steps` of its `num_new` tokens."""
+  seconds = timeit(lambda: recomputed_greedy(params, gpt, problems.prompts, problems.prompt_lengths,
+                                             num_new, steps), reps)
+  return problems.prompts.shape[0] * steps / seconds
+
+
+def benchmark_model(config: ml_collections.ConfigDict, *, peak_gflops: float, gen_batch: int,
+                    gen_tokens: int, recompute_tokens: int, reps: int, log=print) -> dict:
+  """All figures of one model; `recompute_tokens` 0 skips recomputation."""
+  gpt = pretrain.model_config(config)
+  log(f"  pre-training step of {gpt}")
+  figures = measure_pretrain(config, reps)
+  figures["train_peak_fraction"] = figures["train_gflops_per_s"] / peak_gflops
+  params = model_lib.init_params(gpt, jax.random.key(config.seed))
+  figures["parameters"] = model_lib.num_params(params)
+  problems = generation_prompts(config, gen_batch)
+  log("  cached generation")
+  cached = measure_cached_generation(params, gpt, problems, gen_tokens, reps)
+  recomputed = speedup = None
+  if recompute_tokens:
+    log(f"  recomputed generation ({recompute_tokens} of {gen_tokens} tokens timed)")
+    recomputed = measure_recomputed_generation(params, gpt, problems, gen_tokens,
+                                               recompute_tokens, reps)
+    speedup = cached / recomputed
+  figures.update(gen_batch=gen_batch, gen_tokens=gen_tokens, cached_tokens_per_s=cached,
+                 recompute_tokens_timed=recompute_tokens, recompute_tokens_per_s=recomputed,
+                 cached_speedup=speedup)
+  return figures
+
+
+# Table rows: label and format of a model's figures.
+_ROWS = (
+    ("parameters", "{parameters:,}"),
+    ("pre-train batch × length", "{train_batch} × {train_length}"),
+    ("pre-train step", "{train_step_s:.3f} s"),
+    ("pre-train tokens/s", "{train_tokens_per_s:,.0f}"),
+    ("pre-train GFLOP/s", "{train_gflops_per_s:.1f}"),
+    ("  fraction of matmul peak", "{train_peak_fraction:.1%}"),
+    ("generation batch × tokens", "{gen_batch} × {gen_tokens}"),
+    ("cached tokens/s", "{cached_tokens_per_s:,.1f}"),
+    ("recomputed tokens/s", "{recompute_tokens_per_s:,.1f}"),
+    ("  tokens timed per prompt", "{recompute_tokens_timed}"),
+    ("cached speed-up", "{cached_speedup:.1f}×"),
+)
+
+
+def _cell(fmt: str, figures: dict) -> str:
+  try:
+    return fmt.format(**figures)
+  except TypeError:  # None: the measurement was skipped
+    return "skipped"
+
+
+def format_report(peak_gflops: float, results: dict[str, dict]) -> str:
+  """The figures as a table, one column per model, followed by the targets."""
+  lines = [f"matmul peak (float32 2048² @ 2048², jitted jnp.dot): {peak_gflops:.1f} GFLOP/s", ""]
+  lines.append(f"{'':28}" + "".join(f"{name:>16}" for name in results))
+  for label, fmt in _ROWS:
+    lines.append(f"{label:28}" + "".join(f"{_cell(fmt, f):>16}" for f in results.values()))
+  lines.append("")
+  if "paper85m" in results:
+    fraction = results["paper85m"]["train_peak_fraction"]
+    lines.append(f"target: paper85m pre-train step ≥ {TARGET_PEAK_FRACTION:.0%} of the matmul peak: "
+                 f"{fraction:.1%} ({'met' if fraction >= TARGET_PEAK_FRACTION else 'not met'})")
+  for name, f in results.items():
+    if f["cached_speedup"] is not None:
+      met = "met" if f["cached_speedup"] >= TARGET_SPEEDUP else "not met"
+      lines.append(f"target: {name} cached generation ≥ {TARGET_SPEEDUP:.0f}× recomputation at "
+                   f"300 tokens: {f['cached_speedup']:.1f}× at {f['gen_tokens']} ({met})")
+  return "\n".join(lines)
+
+
+def _setting(flag, preset: dict, key: str):
+  return preset[key] if flag.value is None else flag.value
+
+
+def main(_):
+  unknown = set(_MODELS.value) - set(MODELS)
+  if unknown:
+    raise ValueError(f"unknown --models {sorted(unknown)}; choose from {list(MODELS)}")
+  for flag in (_BATCH_SIZE, _GEN_BATCH, _GEN_TOKENS, _REPS):
+    if flag.value is not None and flag.value < 1:
+      raise ValueError(f"--{flag.name} must be >= 1, got {flag.value}")
+  if _RECOMPUTE_TOKENS.value is not None and _RECOMPUTE_TOKENS.value < 0:
+    raise ValueError(f"--recompute_tokens must be >= 0, got {_RECOMPUTE_TOKENS.value}")
+  print(f"device: {jax.devices()[0].device_kind}, {os.cpu_count()} CPU cores", flush=True)
+  peak = measure_matmul_peak()
+  results = {}
+  for name in _MODELS.value:
+    preset = MODELS[name]
+    print(f"{name}:", flush=True)
+    recompute = _setting(_RECOMPUTE_TOKENS, preset, "recompute_tokens")
+    recompute = _GEN_TOKENS.value if recompute is None else min(recompute, _GEN_TOKENS.value)
+    config = task_config(preset["model"], _setting(_BATCH_SIZE, preset, "batch_size"))
+    results[name] = benchmark_model(
+        config, peak_gflops=peak, gen_batch=_GEN_BATCH.value, gen_tokens=_GEN_TOKENS.value,
+        recompute_tokens=recompute, reps=_setting(_REPS, preset, "reps"),
+        log=functools.partial(print, flush=True))
+  print(format_report(peak, results))
+  figures = dict(device=jax.devices()[0].device_kind, cpu_count=os.cpu_count(),
+                 matmul_peak_gflops_per_s=peak, models=results)
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(figures, f, indent=2)
+  print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+  _cli.run(main)

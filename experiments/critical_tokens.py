@@ -1,0 +1,155 @@
+"""Critical tokens of a pre-trained model: certainty gap ΔĴ (paper Table 1), probabilities, failures.
+
+  python -m experiments.critical_tokens
+  python -m experiments.critical_tokens --checkpoint=runs/pretrain --num_problems=200
+
+The problems have N+1 digits by default (N: the checkpoint's pretrain_max_digits), drawn from the
+"varying" suite: one operand has exactly --digits digits, the other 1..digits, so every problem has
+critical tokens. ΔĴ and the critical-token probability are teacher-forced on the correct
+completions [ours, SPEC §6]; the failure analysis uses greedy generations of other problems. The
+example completion is coloured in the terminal and written to --html, like the paper's Figure 5.
+"""
+import json
+import os
+
+from absl import flags
+import jax
+import numpy as np
+
+import critical_kl
+from critical_kl import arithmetic
+from critical_kl import checkpoints
+from critical_kl import critical_tokens
+from critical_kl import evaluation
+from critical_kl import losses
+from experiments import _cli
+
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", os.path.join(os.path.dirname(critical_kl.__file__), "pretrained", "addition_n5"),
+    "Exported model or training directory (default: the model shipped with the package).")
+_NUM_PROBLEMS = flags.DEFINE_integer("num_problems", 100,
+                                     "Problems for ΔĴ and probabilities (the paper: 50).")
+_DIGITS = flags.DEFINE_integer("digits", None, "Length of the long operand (default N+1).")
+_CERTAINTY_METHOD = flags.DEFINE_string(
+    "certainty_method", "negentropy_max_prob",
+    f"Certainty Ĵ, one of {', '.join(losses.CERTAINTY_METHODS)}.")
+_CERTAINTY_TEMPERATURE = flags.DEFINE_float("certainty_temperature", 4.0, "τ_c of Ĵ.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "τ of the critical-token probabilities.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the problems.")
+_HTML = flags.DEFINE_string("html", "critical_tokens.html", "Where to write the coloured example.")
+_FAILURES = flags.DEFINE_integer("failures", 256,
+                                 "Problems generated greedily for the failure analysis (0: skip).")
+
+# Paper, Table 1 (85M model, 50 generations): N → (critical ΔĴ mean, std, smallest non-critical ΔĴ).
+PAPER_TABLE_1 = {3: (-0.33, 0.01, 0.0012), 5: (-0.21, 0.18, 0.0002), 7: (-0.13, 0.04, 0.0004)}
+
+
+def _validate_flags() -> None:
+  """Checks the flags that do not depend on the checkpoint, before loading it."""
+  if _NUM_PROBLEMS.value < 1:
+    raise ValueError(f"--num_problems must be >= 1, got {_NUM_PROBLEMS.value}")
+  if _FAILURES.value < 0:
+    raise ValueError(f"--failures must be >= 0, got {_FAILURES.value}")
+  if _CERTAINTY_METHOD.value not in losses.CERTAINTY_METHODS:
+    raise ValueError(f"unknown --certainty_method {_CERTAINTY_METHOD.value!r}; valid names: "
+                     f"{', '.join(losses.CERTAINTY_METHODS)}")
+  if _TEMPERATURE.value <= 0 or _CERTAINTY_TEMPERATURE.value <= 0:
+    raise ValueError("--temperature and --certainty_temperature must be > 0")
+
+
+def _validate_digits(n_max: int, digits: int) -> None:
+  if not n_max < digits <= arithmetic.MAX_DIGITS:
+    raise ValueError(f"--digits must lie in {n_max + 1}..{arithmetic.MAX_DIGITS} (longer than the "
+                     f"pre-training N={n_max}, or there are no critical tokens), got {digits}")
+
+
+def _cell(mean, std=None) -> str:
+  if mean is None:
+    return "-"
+  return f"{mean:+.4f}" if std is None else f"{mean:+.4f} ± {std:.4f}"
+
+
+def gap_table(gap: dict, n_max: int) -> str:
+  """ΔĴ per critical token name and overall, beside the paper's Table 1 for the same N."""
+  paper = PAPER_TABLE_1.get(n_max)
+  rows = [(f"critical ({gap['critical']['count']} tokens)",
+           _cell(gap["critical"]["mean"], gap["critical"]["std"]),
+           _cell(paper[0], paper[1]) if paper else "-")]
+  rows += [(f"  {name} ({s['count']})", _cell(s["mean"], s["std"]), "")
+           for name, s in gap["by_name"].items()]
+  rows.append(("smallest non-critical", _cell(gap["min_non_critical"]),
+               _cell(paper[2]) if paper else "-"))
+  header = ("ΔĴ", "ours", f"paper N={n_max}" if paper else "paper (no N match)")
+  return "\n".join(f"{a:<28}{b:>22}  {c:>18}" for a, b, c in [header, *rows])
+
+
+def failure_lines(failures: dict, top: int = 5) -> list[str]:
+  """The share of first errors at critical tokens and the commonest wrong tokens of each kind."""
+  share = failures["critical_share"]
+  lines = [f"greedy failures: {failures['num_failures']} of {failures['num_problems']}; first "
+           f"error at a critical token: {'-' if share is None else f'{100 * share:.1f}%'}"]
+  for kind, counts in failures["first_errors"].items():
+    common = ", ".join(f"{expected!r} → {got!r} ×{n}" for (expected, got), n in
+                       counts.most_common(top))
+    lines.append(f"  {kind}: {common or '-'}")
+  return lines
+
+
+def main(_):
+  _validate_flags()
+  params, gpt, saved = checkpoints.load_model(_CHECKPOINT.value)
+  n_max = int(saved["pretrain_max_digits"])
+  digits = n_max + 1 if _DIGITS.value is None else _DIGITS.value
+  _validate_digits(n_max, digits)
+  rng = np.random.default_rng(_SEED.value)
+  operands = arithmetic.sample_varying(rng, _NUM_PROBLEMS.value, digits)
+  forced = critical_tokens.teacher_forced(
+      params, gpt, operands, n_max, temperature=_TEMPERATURE.value,
+      certainty_method=_CERTAINTY_METHOD.value,
+      certainty_temperature=_CERTAINTY_TEMPERATURE.value)
+  gap = critical_tokens.certainty_gap(forced.certainty, forced.critical_names)
+  probability = critical_tokens.critical_token_probability(forced.probs, forced.greedy_correct,
+                                                           forced.critical)
+
+  print(f"{_NUM_PROBLEMS.value} problems of {digits} digits (varying), N={n_max}; teacher-forced on "
+        f"correct completions; Ĵ = {_CERTAINTY_METHOD.value} at τ_c={_CERTAINTY_TEMPERATURE.value}")
+  print(gap_table(gap, n_max))
+  print(f"critical-token probability at τ={_TEMPERATURE.value}: "
+        f"{probability['mean_probability']:.4f}; problems with every critical token right under "
+        f"greedy argmax: {100 * probability['all_greedy_right']:.1f}%")
+
+  summary_failures = None
+  if _FAILURES.value:
+    failure_operands = arithmetic.sample_varying(rng, _FAILURES.value, digits)
+    _, completions = evaluation.solve(params, gpt, failure_operands, jax.random.key(_SEED.value),
+                                      batch_size=min(256, _FAILURES.value), max_digits=digits)
+    failures = critical_tokens.failure_analysis(completions, failure_operands, n_max)
+    print("\n".join(failure_lines(failures)))
+    summary_failures = {k: failures[k] for k in ("num_problems", "num_failures", "critical_share")}
+
+  a, b = (int(x) for x in operands[0])
+  text, certainty = forced.completions[0], forced.certainty[0]
+  print(f"\nexample, {a}+{b}, coloured by Ĵ (red: least certain, Ĵ={certainty.min():.4f}; "
+        f"white: most certain, Ĵ={certainty.max():.4f}):")
+  print(critical_tokens.render_ansi(text, certainty), end="")
+  title = (f"{a}+{b}: Ĵ = {_CERTAINTY_METHOD.value} at τ_c={_CERTAINTY_TEMPERATURE.value}, "
+           f"teacher-forced (N={n_max})")
+  with open(_HTML.value, "w", encoding="utf-8") as f:
+    f.write(critical_tokens.render_html(text, certainty, title=title))
+  print(f"wrote {_HTML.value}")
+
+  print(json.dumps(dict(
+      checkpoint=_CHECKPOINT.value, n_max=n_max, digits=digits, num_problems=_NUM_PROBLEMS.value,
+      certainty_method=_CERTAINTY_METHOD.value,
+      certainty_temperature=_CERTAINTY_TEMPERATURE.value, temperature=_TEMPERATURE.value,
+      delta_j_critical=gap["critical"]["mean"], delta_j_critical_std=gap["critical"]["std"],
+      delta_j_by_name={name: s["mean"] for name, s in gap["by_name"].items()},
+      delta_j_min_non_critical=gap["min_non_critical"],
+      paper_table_1=PAPER_TABLE_1.get(n_max),
+      critical_token_probability=probability["mean_probability"],
+      critical_all_greedy_right=probability["all_greedy_right"],
+      failures=summary_failures, html=_HTML.value)))
+
+
+if __name__ == "__main__":
+  _cli.run(main)
