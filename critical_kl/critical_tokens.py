@@ -352,11 +352,12 @@ def render_html(text: str, certainties, *, title: str = "Certainty of the refere
     spans.append(f'<span style="background:rgb({r},{g},{b})" title="{tip}">{shown}</span>'
                  + ("\n" if char == "\n" else ""))
   heading = html.escape(title)
+  low, high = (",".join(map(str, rgb)) for rgb in (_LOW, _HIGH))
   return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>{heading}</title>
 <style>body{{font-family:sans-serif}} pre{{font-size:15px;line-height:1.5}}
 .bar{{display:inline-block;width:240px;height:14px;vertical-align:middle;
-background:linear-gradient(to right,rgb({",".join(map(str, _LOW))}),rgb({",".join(map(str, _HIGH))}));
+background:linear-gradient(to right,rgb({low}),rgb({high}));
 border:1px solid #999}}</style></head>
 <body><h3>{heading}</h3>
 <p>Ĵ = {lo:.4f} (least certain) <span class="bar"></span> Ĵ = {hi:.4f} (most certain);

@@ -94,7 +94,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, arms: dict[str, fl
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   if overwrite and os.path.exists(metrics_path):
     os.remove(metrics_path)
-  start = 0
+  initial_params, start = state.params, 0
   restored = checkpoints.restore_latest(mngr, dict(state=state._asdict(), iteration=0), saved)
   if restored is not None:
     state, start = rl.RLState(**restored["state"]), int(restored["iteration"])
@@ -102,15 +102,15 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, arms: dict[str, fl
   _restart_log(metrics_path, start)
 
   evaluator = Evaluator(gpt, config, task)
-  before = evaluator(jax.tree_util.tree_map(lambda x: x[None], ref_params))
+  before = evaluator(initial_params)
   log(f"{len(runs)} runs ({', '.join(arms)} × {config.num_seeds} seeds) on {task.digits}-digit "
       f"problems; before RL: greedy {100 * before['accuracy'][0]:.1f}%, sampled at "
       f"τ={config.temperature} {100 * before['sampled_accuracy'][0]:.1f}%")
-  iterate = rl.make_runs_iteration(gpt, ref_params, config, task)
+  iterate = rl.make_runs_iteration(gpt, config, task)
   history = []
   for it in range(start, config.num_iterations):
     batches = rl.stack([rl.collect_batch(config, task, seed, it) for _, seed in runs])
-    state, metrics = iterate(state, betas, batches.problems, batches.critical)
+    state, metrics = iterate(state, betas, batches.problems, batches.critical, ref_params)
     record = dict(iteration=it + 1, runs=_per_run(metrics, runs))
     if config.eval_every and (it + 1) % config.eval_every == 0 and it + 1 < config.num_iterations:
       record["eval"] = evaluator(state.params)

@@ -145,11 +145,12 @@ def _policy_loss(params, gpt, config, minibatch):
                              loss_config(config))
 
 
-def make_iteration(gpt: model_lib.GPTConfig, ref_params, config: ml_collections.ConfigDict,
-                   task: Task):
-  """Returns iteration(state, beta, problems, critical) → (state, metrics) for ONE run.
+def make_iteration(gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict, task: Task):
+  """Returns iteration(state, beta, problems, critical, ref_params) → (state, metrics), ONE run.
 
   Shapes: problems [B, P], critical bool [B, T]; beta a scalar (vmappable). Metrics are scalars.
+  The reference parameters are an argument, not a closure constant, so that they are not baked
+  into the compiled program.
   """
   optimizer = make_optimizer(config)
   loss_cfg = loss_config(config)
@@ -164,7 +165,7 @@ def make_iteration(gpt: model_lib.GPTConfig, ref_params, config: ml_collections.
     (params, opt_state), metrics = jax.lax.scan(step, (state.params, state.opt_state), minibatches)
     return params, opt_state, jax.tree_util.tree_map(jnp.mean, metrics)
 
-  def iteration(state: RLState, beta, problems: sampling.Problems, critical):
+  def iteration(state: RLState, beta, problems: sampling.Problems, critical, ref_params):
     key, rollout_key, perm_key = jax.random.split(jax.random.wrap_key_data(state.key), 3)
     traj = sampling.rollout(state.params, gpt, problems, rollout_key,
                             max_new_tokens=task.max_new_tokens, temperature=config.temperature,
@@ -186,9 +187,10 @@ def make_iteration(gpt: model_lib.GPTConfig, ref_params, config: ml_collections.
   return iteration
 
 
-def make_runs_iteration(gpt, ref_params, config, task):
-  """The iteration vmapped over runs: state, beta [R], problems [R, B, P], critical [R, B, T]."""
-  return jax.jit(jax.vmap(make_iteration(gpt, ref_params, config, task)))
+def make_runs_iteration(gpt, config, task):
+  """The iteration vmapped over runs: state, beta [R], problems [R, B, P], critical [R, B, T];
+  the reference parameters are shared by all runs."""
+  return jax.jit(jax.vmap(make_iteration(gpt, config, task), in_axes=(0, 0, 0, 0, None)))
 
 
 # ---------------------------------------------------------------------------------------------

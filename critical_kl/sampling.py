@@ -51,41 +51,40 @@ def encode_problems(operands: np.ndarray, prompt_length: int | None = None) -> P
   return Problems(*(jnp.asarray(x) for x in (prompts, prompt_lengths, expected, expected_lengths)))
 
 
-class _State(NamedTuple):
-  step: jnp.ndarray  # scalar int32, tokens generated so far by the longest-running rows
-  key: jax.Array
-  logits: jnp.ndarray  # [B, V], next-token logits
-  value: jnp.ndarray  # [B], value of the current prefix
-  cache: tuple
-  done: jnp.ndarray  # [B] bool
-  matched: jnp.ndarray  # [B] int32, characters of `</scratch>\n` matched at the end
-  closed: jnp.ndarray  # [B] bool, `</scratch>\n` has been generated
-  result_pos: jnp.ndarray  # [B] int32, characters of the result line generated
-  mismatch: jnp.ndarray  # [B] bool, the result line differs from the expected one
-  tokens: jnp.ndarray  # [B, T]
-  logp: jnp.ndarray  # [B, T]
-  values: jnp.ndarray  # [B, T]
-  entropy: jnp.ndarray  # [B, T]
-  rewards: jnp.ndarray  # [B, T]
-  lengths: jnp.ndarray  # [B]
-  termination: jnp.ndarray  # [B]
-  solved: jnp.ndarray  # [B]
+class EpisodeState(NamedTuple):
+  """Per-row bookkeeping of the episode rules; every field is [B]."""
+  done: jnp.ndarray  # bool, the episode has ended
+  matched: jnp.ndarray  # int32, characters of `</scratch>\n` matched at the end so far
+  closed: jnp.ndarray  # bool, `</scratch>\n` has been generated
+  result_pos: jnp.ndarray  # int32, characters of the result line generated
+  mismatch: jnp.ndarray  # bool, the result line differs from the expected one
+  lengths: jnp.ndarray  # int32, tokens generated
+  termination: jnp.ndarray  # int32, why the episode ended
+  solved: jnp.ndarray  # bool, it ended with the right result line
 
 
-def _choose(key, logits, temperature: float, greedy: bool):
-  """Picks tokens [B] and returns them with their log-prob and the entropy at `temperature`."""
-  logp_all = jax.nn.log_softmax(logits / temperature, axis=-1)
-  if greedy:
-    action = jnp.argmax(logits, axis=-1)
-  else:
-    action = jax.random.categorical(key, logp_all, axis=-1)
-  logp = jnp.take_along_axis(logp_all, action[:, None], axis=-1)[:, 0]
-  entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
-  return action.astype(jnp.int32), logp, entropy
+def initial_episode_state(batch: int) -> EpisodeState:
+  zeros = jnp.zeros(batch, jnp.int32)
+  false = jnp.zeros(batch, bool)
+  return EpisodeState(false, zeros, false, zeros, false, zeros, zeros, false)
 
 
-def _advance_automaton(s: _State, action, expected, expected_lengths):
-  """Updates the per-row closing/result tracking after emitting `action` [B]."""
+def step_episode(s: EpisodeState, action, step, expected, expected_lengths,
+                 max_new_tokens: int) -> tuple[EpisodeState, jnp.ndarray, jnp.ndarray]:
+  """Applies the rules of SPEC §4 to the `step`-th generated token `action` [B] of each row.
+
+  Args:
+    s: the state before the token.
+    action: int32 [B].
+    step: scalar, number of tokens generated before this one.
+    expected: int32 [B, R], expected result lines; expected_lengths: int32 [B].
+    max_new_tokens: episode length limit.
+
+  Returns:
+    (new state, ending bool [B]: this token ends the episode, reward float32 [B] if it does:
+    1 for the right result line, 0 otherwise; the caller maps 0 to its failure reward).
+  """
+  active = ~s.done
   close = jnp.asarray(_CLOSE)
   ends_result = s.closed & (action == _NEWLINE)
   in_result = s.closed & ~ends_result
@@ -99,7 +98,54 @@ def _advance_automaton(s: _State, action, expected, expected_lengths):
   matched = jnp.where(action == next_char, s.matched + 1, (action == close[0]).astype(jnp.int32))
   closed = s.closed | (matched == len(_CLOSE))
   correct = ends_result & ~mismatch & (result_pos == expected_lengths)
-  return ends_result, correct, matched, closed, result_pos, mismatch
+  emitted_pad = action == tokenizer.PAD_ID
+  ending = active & (ends_result | emitted_pad | (step + 1 >= max_new_tokens))
+  cause = jnp.where(ends_result, trajectory_lib.END_OF_RESULT,
+                    jnp.where(emitted_pad, trajectory_lib.PAD_EMITTED, trajectory_lib.MAX_LENGTH))
+  keep = lambda new, old: jnp.where(active, new, old)
+  new = EpisodeState(
+      done=s.done | ending, matched=keep(matched, s.matched), closed=keep(closed, s.closed),
+      result_pos=keep(result_pos, s.result_pos), mismatch=keep(mismatch, s.mismatch),
+      lengths=s.lengths + active, termination=keep(cause, s.termination),
+      solved=s.solved | (ending & correct))
+  return new, ending, correct.astype(jnp.float32)
+
+
+def score_tokens(tokens, expected, expected_lengths, max_new_tokens: int) -> EpisodeState:
+  """Runs the episode rules over given generated tokens [B, L] (L ≥ max_new_tokens or the rows
+  end before L); the final state says where and why each episode ended."""
+  def body(s, inputs):
+    step, action = inputs
+    return step_episode(s, action, step, expected, expected_lengths, max_new_tokens)[0], None
+  steps = jnp.arange(tokens.shape[1])
+  final, _ = jax.lax.scan(body, initial_episode_state(tokens.shape[0]), (steps, tokens.T))
+  return final
+
+
+class _State(NamedTuple):
+  step: jnp.ndarray  # scalar int32, tokens generated so far by the longest-running rows
+  key: jax.Array
+  logits: jnp.ndarray  # [B, V], next-token logits
+  value: jnp.ndarray  # [B], value of the current prefix
+  cache: tuple
+  episode: EpisodeState
+  tokens: jnp.ndarray  # [B, T]
+  logp: jnp.ndarray  # [B, T]
+  values: jnp.ndarray  # [B, T]
+  entropy: jnp.ndarray  # [B, T]
+  rewards: jnp.ndarray  # [B, T]
+
+
+def _choose(key, logits, temperature: float, greedy: bool):
+  """Picks tokens [B] and returns them with their log-prob and the entropy at `temperature`."""
+  logp_all = jax.nn.log_softmax(logits / temperature, axis=-1)
+  if greedy:
+    action = jnp.argmax(logits, axis=-1)
+  else:
+    action = jax.random.categorical(key, logp_all, axis=-1)
+  logp = jnp.take_along_axis(logp_all, action[:, None], axis=-1)[:, 0]
+  entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+  return action.astype(jnp.int32), logp, entropy
 
 
 def _put(buffer, pos, value, where):
@@ -146,51 +192,37 @@ def rollout(params, config: model_lib.GPTConfig, problems: Problems, key: jax.Ar
       step=jnp.int32(0), key=key,
       logits=jnp.take_along_axis(out.logits, last[:, :, None], axis=1)[:, 0],
       value=jnp.take_along_axis(out.values, last, axis=1)[:, 0], cache=out.cache,
-      done=jnp.zeros(batch, bool), matched=jnp.zeros(batch, jnp.int32),
-      closed=jnp.zeros(batch, bool), result_pos=jnp.zeros(batch, jnp.int32),
-      mismatch=jnp.zeros(batch, bool), tokens=tokens, logp=zeros, values=zeros, entropy=zeros,
-      rewards=zeros, lengths=jnp.zeros(batch, jnp.int32),
-      termination=jnp.zeros(batch, jnp.int32), solved=jnp.zeros(batch, bool))
+      episode=initial_episode_state(batch), tokens=tokens, logp=zeros, values=zeros,
+      entropy=zeros, rewards=zeros)
 
   def cond(s: _State):
-    return (s.step < max_new_tokens) & ~jnp.all(s.done)
+    return (s.step < max_new_tokens) & ~jnp.all(s.episode.done)
 
   def body(s: _State):
     key, sub = jax.random.split(s.key)
     action, logp, entropy = _choose(sub, s.logits, temperature, greedy)
-    active = ~s.done
+    active = ~s.episode.done
     pos = problems.prompt_lengths + s.step
-    ends_result, correct, matched, closed, result_pos, mismatch = _advance_automaton(
-        s, action, problems.expected, problems.expected_lengths)
-    emitted_pad = action == tokenizer.PAD_ID
-    hit_max = s.step + 1 >= max_new_tokens
-    ending = active & (ends_result | emitted_pad | hit_max)
-    cause = jnp.where(ends_result, trajectory_lib.END_OF_RESULT,
-                      jnp.where(emitted_pad, trajectory_lib.PAD_EMITTED,
-                                trajectory_lib.MAX_LENGTH))
-    reward = jnp.where(correct, 1.0, failure_reward)
+    episode, ending, correct = step_episode(s.episode, action, s.step, problems.expected,
+                                            problems.expected_lengths, max_new_tokens)
+    reward = jnp.where(correct > 0, 1.0, failure_reward)
     out = model_lib.decode(params, config, action[:, None], s.cache, pos)
-    keep = lambda new, old: jnp.where(active, new, old)
     return _State(
         step=s.step + 1, key=key, logits=out.logits[:, 0], value=out.values[:, 0],
-        cache=out.cache, done=s.done | ending, matched=keep(matched, s.matched),
-        closed=keep(closed, s.closed), result_pos=keep(result_pos, s.result_pos),
-        mismatch=keep(mismatch, s.mismatch),
-        tokens=_put(s.tokens, pos, action, active), logp=_put(s.logp, pos, logp, active),
-        values=_put(s.values, pos, s.value, active),
+        cache=out.cache, episode=episode, tokens=_put(s.tokens, pos, action, active),
+        logp=_put(s.logp, pos, logp, active), values=_put(s.values, pos, s.value, active),
         entropy=_put(s.entropy, pos, entropy, active),
-        rewards=_put(s.rewards, pos, reward, ending),
-        lengths=s.lengths + active, termination=keep(cause, s.termination),
-        solved=s.solved | (ending & correct))
+        rewards=_put(s.rewards, pos, reward, ending))
 
   s = jax.lax.while_loop(cond, body, init)
+  episode = s.episode
   positions = jnp.arange(total)[None, :]
   start = problems.prompt_lengths[:, None]
-  mask = ((positions >= start) & (positions < start + s.lengths[:, None])).astype(jnp.float32)
+  mask = ((positions >= start) & (positions < start + episode.lengths[:, None]))
   return trajectory_lib.Trajectory(
-      tokens=s.tokens, mask=mask, logp=s.logp, values=s.values, entropy=s.entropy,
-      rewards=s.rewards, prompt_lengths=problems.prompt_lengths, lengths=s.lengths,
-      termination=s.termination, solved=s.solved, ref_logp=zeros, certainty=zeros,
+      tokens=s.tokens, mask=mask.astype(jnp.float32), logp=s.logp, values=s.values,
+      entropy=s.entropy, rewards=s.rewards, prompt_lengths=problems.prompt_lengths,
+      lengths=episode.lengths, termination=episode.termination, solved=episode.solved, ref_logp=zeros, certainty=zeros,
       critical=jnp.zeros((batch, total), bool))
 
 

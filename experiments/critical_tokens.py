@@ -1,4 +1,4 @@
-"""Critical tokens of a pre-trained model: certainty gap ΔĴ (paper Table 1), probabilities, failures.
+"""Critical tokens of a pre-trained model: certainty gap ΔĴ (paper Table 1), probability, failures.
 
   python -m experiments.critical_tokens
   python -m experiments.critical_tokens --checkpoint=runs/pretrain --num_problems=200
@@ -95,6 +95,16 @@ def failure_lines(failures: dict, top: int = 5) -> list[str]:
   return lines
 
 
+def _failure_report(params, gpt, rng: np.random.Generator, digits: int, n_max: int) -> dict:
+  """Generates --failures problems greedily, prints where the failures start, returns the counts."""
+  operands = arithmetic.sample_varying(rng, _FAILURES.value, digits)
+  _, completions = evaluation.solve(params, gpt, operands, jax.random.key(_SEED.value),
+                                    batch_size=min(256, _FAILURES.value), max_digits=digits)
+  failures = critical_tokens.failure_analysis(completions, operands, n_max)
+  print("\n".join(failure_lines(failures)))
+  return {k: failures[k] for k in ("num_problems", "num_failures", "critical_share")}
+
+
 def main(_):
   _validate_flags()
   params, gpt, saved = checkpoints.load_model(_CHECKPOINT.value)
@@ -111,27 +121,21 @@ def main(_):
   probability = critical_tokens.critical_token_probability(forced.probs, forced.greedy_correct,
                                                            forced.critical)
 
-  print(f"{_NUM_PROBLEMS.value} problems of {digits} digits (varying), N={n_max}; teacher-forced on "
-        f"correct completions; Ĵ = {_CERTAINTY_METHOD.value} at τ_c={_CERTAINTY_TEMPERATURE.value}")
+  print(f"{_NUM_PROBLEMS.value} problems of {digits} digits (varying), N={n_max}; teacher-forced "
+        f"on correct completions; Ĵ = {_CERTAINTY_METHOD.value} "
+        f"at τ_c={_CERTAINTY_TEMPERATURE.value}")
   print(gap_table(gap, n_max))
   print(f"critical-token probability at τ={_TEMPERATURE.value}: "
         f"{probability['mean_probability']:.4f}; problems with every critical token right under "
         f"greedy argmax: {100 * probability['all_greedy_right']:.1f}%")
 
-  summary_failures = None
-  if _FAILURES.value:
-    failure_operands = arithmetic.sample_varying(rng, _FAILURES.value, digits)
-    _, completions = evaluation.solve(params, gpt, failure_operands, jax.random.key(_SEED.value),
-                                      batch_size=min(256, _FAILURES.value), max_digits=digits)
-    failures = critical_tokens.failure_analysis(completions, failure_operands, n_max)
-    print("\n".join(failure_lines(failures)))
-    summary_failures = {k: failures[k] for k in ("num_problems", "num_failures", "critical_share")}
+  failures = _failure_report(params, gpt, rng, digits, n_max) if _FAILURES.value else None
 
   a, b = (int(x) for x in operands[0])
   text, certainty = forced.completions[0], forced.certainty[0]
   print(f"\nexample, {a}+{b}, coloured by Ĵ (red: least certain, Ĵ={certainty.min():.4f}; "
         f"white: most certain, Ĵ={certainty.max():.4f}):")
-  print(critical_tokens.render_ansi(text, certainty), end="")
+  print(arithmetic.prompt(a, b) + critical_tokens.render_ansi(text, certainty), end="")
   title = (f"{a}+{b}: Ĵ = {_CERTAINTY_METHOD.value} at τ_c={_CERTAINTY_TEMPERATURE.value}, "
            f"teacher-forced (N={n_max})")
   with open(_HTML.value, "w", encoding="utf-8") as f:
@@ -148,7 +152,7 @@ def main(_):
       paper_table_1=PAPER_TABLE_1.get(n_max),
       critical_token_probability=probability["mean_probability"],
       critical_all_greedy_right=probability["all_greedy_right"],
-      failures=summary_failures, html=_HTML.value)))
+      failures=failures, html=_HTML.value)))
 
 
 if __name__ == "__main__":

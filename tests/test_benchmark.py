@@ -1,4 +1,4 @@
-"""The benchmark: its figures on a tiny model, and greedy decoding without a cache equal to rollout."""
+"""The benchmark: its figures on a tiny model; greedy decoding without a cache equals rollout."""
 import math
 
 import jax
@@ -41,6 +41,6 @@ def test_recomputed_greedy_matches_rollout():
   np.testing.assert_array_equal(recomputed, benchmark.cached_greedy(*args))
   traj = sampling.rollout(params, gpt, problems, jax.random.key(0), max_new_tokens=5, greedy=True)
   ends = np.asarray(problems.prompt_lengths + traj.lengths)
-  assert ends.sum() > np.asarray(problems.prompt_lengths).sum() + 4  # more than one token per row
+  assert ends.sum() > np.asarray(problems.prompt_lengths).sum() + 4  # some rows ran past 1 token
   compared = np.arange(recomputed.shape[1])[None, :] < ends[:, None]
   np.testing.assert_array_equal(recomputed[compared], np.asarray(traj.tokens)[compared])
