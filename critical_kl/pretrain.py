@@ -4,6 +4,7 @@ Next-token cross-entropy on completion tokens only (the prompt is masked), teach
 step draws fresh problems, each operand's length uniform in 1..N; the numpy generator of step s is
 seeded by (seed, s), so a resumed run sees exactly the batches an uninterrupted one would.
 """
+import functools
 import os
 import shutil
 import time
@@ -130,7 +131,7 @@ def progress_report(params, gpt: model_lib.GPTConfig, config: ml_collections.Con
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False,
-          log=print) -> dict[str, Any]:
+          log=functools.partial(print, flush=True)) -> dict[str, Any]:
   """Pre-trains, checkpointing to `workdir/checkpoints`; resumes from the latest checkpoint.
 
   Returns the final state dict.
