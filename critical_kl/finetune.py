@@ -69,6 +69,12 @@ def _restart_log(path: str, iteration: int) -> None:
     f.writelines(lines)
 
 
+def read_history(workdir: str) -> list[dict[str, Any]]:
+  """The per-iteration records of `metrics.jsonl` (all iterations, also those before a resume)."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
 def finetune(config: ml_collections.ConfigDict, workdir: str, arms: dict[str, float],
              overwrite: bool = False, log=print) -> dict[str, Any]:
   """Runs RL fine-tuning for every (arm, seed); resumes from `workdir` when it holds a checkpoint.

@@ -13,18 +13,6 @@ from critical_kl import model as model_lib
 from critical_kl import rl
 from critical_kl.configs import rl_default
 
-GPT = model_lib.GPTConfig(block_size=288, n_layer=1, n_head=2, n_embd=16, value_hidden=8)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-  """A random 'pre-trained' model for N = 1 (RL on 2-digit problems)."""
-  path = tmp_path_factory.mktemp("model") / "tiny"
-  params = model_lib.init_params(GPT, jax.random.key(0))
-  checkpoints.export(str(path), params, dict(model=dict(vars(GPT)), pretrain_max_digits=1))
-  return str(path)
-
-
 def tiny_config(model_path, **overrides):
   c = rl_default.get_config()
   c.checkpoint = model_path

@@ -1,0 +1,25 @@
+"""The main experiment end to end on a tiny model: table, plot, summary and the final JSON line."""
+import json
+import os
+import subprocess
+import sys
+
+
+def test_main_job_runs_and_ends_with_json(tiny_model, tmp_path):
+  cmd = [sys.executable, "-m", "experiments.prioritized_kl", f"--workdir={tmp_path}",
+         f"--config.checkpoint={tiny_model}", "--config.num_seeds=2", "--config.num_iterations=2",
+         "--config.episodes_per_collect=4", "--config.num_minibatches=2",
+         "--config.eval_episodes=4", "--config.critical_eval_problems=4",
+         "--config.temperature=2.0"]
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert set(result["arms"]) == {"standard", "prioritized"}
+  for arm in result["arms"].values():
+    for key in ("accuracy_before", "accuracy_after", "sampled_accuracy_after"):
+      assert 0.0 <= arm[key]["mean"] <= 1.0 and len(arm[key]["ci95"]) == 2
+  assert result["seeds"] == 2 and result["episodes"] == 8 and result["seconds"] > 0
+  assert os.path.getsize(result["plot"]) > 1000
+  with open(tmp_path / "summary.json") as f:
+    assert json.load(f)["config"]["num_seeds"] == 2
+  assert "prioritized − standard" in proc.stdout
