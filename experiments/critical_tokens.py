@@ -16,7 +16,6 @@ from absl import flags
 import jax
 import numpy as np
 
-import critical_kl
 from critical_kl import arithmetic
 from critical_kl import checkpoints
 from critical_kl import critical_tokens
@@ -25,8 +24,7 @@ from critical_kl import losses
 from experiments import _cli
 
 _CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", os.path.join(os.path.dirname(critical_kl.__file__), "pretrained", "addition_n5"),
-    "Exported model or training directory (default: the model shipped with the package).")
+    "checkpoint", checkpoints.DEFAULT_MODEL, "Exported model or training directory (default: the model shipped with the package).")
 _NUM_PROBLEMS = flags.DEFINE_integer("num_problems", 100,
                                      "Problems for ΔĴ and probabilities (the paper: 50).")
 _DIGITS = flags.DEFINE_integer("digits", None, "Length of the long operand (default N+1).")
