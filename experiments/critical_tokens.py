@@ -10,7 +10,6 @@ completions [ours, SPEC §6]; the failure analysis uses greedy generations of ot
 example completion is coloured in the terminal and written to --html, like the paper's Figure 5.
 """
 import json
-import os
 
 from absl import flags
 import jax
