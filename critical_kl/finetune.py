@@ -108,7 +108,9 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, arms: dict[str, fl
   _restart_log(metrics_path, start)
 
   evaluator = Evaluator(gpt, config, task)
-  before = evaluator(initial_params)
+  # Every run starts from the same parameters: evaluate them once, not once per run.
+  first = evaluator(jax.tree_util.tree_map(lambda x: x[:1], initial_params))
+  before = {k: v * len(runs) for k, v in first.items()}
   log(f"{len(runs)} runs ({', '.join(arms)} × {config.num_seeds} seeds) on {task.digits}-digit "
       f"problems; before RL: greedy {100 * before['accuracy'][0]:.1f}%, sampled at "
       f"τ={config.temperature} {100 * before['sampled_accuracy'][0]:.1f}%")
