@@ -1,7 +1,8 @@
-"""Throughput of pre-training and generation on this machine, against its own matmul peak.
+"""Throughput of pre-training, generation and RL on this machine, against its own matmul peak.
 
-  python -m experiments.benchmark                  # both models, about five minutes on 2 CPU cores
-  python -m experiments.benchmark --models=default --reps=5 --json=/tmp/benchmark.json
+  python -m experiments.benchmark                  # every model, about eight minutes on 2 CPU cores
+  python -m experiments.benchmark --models=default --rl_models=rl_small --reps=5 --json=/tmp/b.json
+  python -m experiments.benchmark --models= --rl_models=rl_small   # the RL part of one model only
 
 For each model it measures
   * the pre-training step: tokens/s, and achieved FLOP/s as a fraction of the dense float32 matmul
@@ -9,9 +10,15 @@ For each model it measures
   * greedy generation of --gen_tokens tokens per prompt with the KV cache, and with full
     recomputation (a forward pass over the whole token buffer for every new token).
 Both models see the task of the default config (1..3-digit addition, 242-token training sequences);
-only the architecture differs. Every time is the best of --reps calls after one warm-up call, which
-also compiles; the best rather than the mean because other processes on the machine only ever add
-time. The run prints a table, then all figures as one JSON line.
+only the architecture differs. For each of --rl_models it measures one iteration of the default RL
+config (R = 1 run, random weights, 4-digit problems, 389-token episodes): rollout, update and
+whole-iteration tokens/s, the iteration's FLOP/s as a fraction of the matmul peak, and its tokens/s
+against two reference implementations measured on a 2-core machine (see RL_REFERENCE).
+
+Every time is the best of --reps calls after one warm-up call, which also compiles; the best rather
+than the mean because other processes on the machine only ever add time. The RL calls are compiled
+ahead of time instead of warmed up, which spares a whole extra iteration of the 85M model. The run
+prints tables, then all figures as one JSON line.
 """
 import functools
 import json
@@ -27,9 +34,11 @@ import numpy as np
 from critical_kl import arithmetic
 from critical_kl import model as model_lib
 from critical_kl import pretrain
+from critical_kl import rl
 from critical_kl import sampling
 from critical_kl import tokenizer
 from critical_kl.configs import pretrain_default
+from critical_kl.configs import rl_default
 from experiments import _cli
 
 # Per-model architecture, and the defaults of --batch_size, --reps and --recompute_tokens, sized so
@@ -45,6 +54,32 @@ MODELS = {
 TARGET_PEAK_FRACTION = 0.4  # pre-training step of the 85M model
 TARGET_SPEEDUP = 10.0  # cached over recomputed generation, at 300 generated tokens
 
+# The 4-layer, 128-wide GPT (0.93M parameters) of the reference RL measurements below.
+RL_SMALL = dict(n_layer=4, n_head=4, n_embd=128)
+
+# Per-model architecture, and the defaults of --rl_batch and --reps for the RL iteration. 64
+# episodes, as in the eager PyTorch reference, but only 4 for the 85M model, whose rollout of them
+# alone takes about 40 s on 2 CPU cores; every part is timed once, which keeps the RL figures of
+# rl_small and paper85m near three minutes.
+RL_MODELS = {
+    "default": dict(model={}, batch=64, reps=1),
+    "rl_small": dict(model=RL_SMALL, batch=64, reps=1),
+    "paper85m": dict(model=model_lib.PAPER_85M, batch=4, reps=1),
+}
+
+# Generated-and-trained tokens/s of a whole RL iteration on 2 CPU cores (random weights, 4-digit
+# prompts, 389-token episodes), from the issue that asked for the RL figures: the authors'
+# PyTorch/Tianshou implementation, and an eager PyTorch loop (Hugging Face generate() with its KV
+# cache, then one forward and backward step with a frozen reference forward, batch 64).
+RL_REFERENCE = {
+    "rl_small": dict(authors=12.0, eager=2350.0),
+    "paper85m": dict(authors=0.3, eager=65.0),
+}
+# Targets of a whole RL iteration at equal model size, from the same issue.
+TARGET_VS_AUTHORS = 500.0
+TARGET_VS_EAGER = 3.0
+TARGET_RL_PEAK_FRACTION = 0.5
+
 _MODELS = flags.DEFINE_list("models", list(MODELS), f"Models to measure, from {list(MODELS)}.")
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", None, "Pre-training batch (default: 32 for default, 8 for paper85m).")
@@ -56,8 +91,13 @@ _RECOMPUTE_TOKENS = flags.DEFINE_integer(
     "forward pass over the same full buffer, so fewer give the same rate sooner. 0 skips it "
     "(default: 100 for default, 2 for paper85m).")
 _REPS = flags.DEFINE_integer(
-    "reps", None, "Timed calls per measurement after the warm-up; the best counts "
-    "(default: 3 for default, 1 for paper85m).")
+    "reps", None, "Timed calls per measurement after the warm-up (RL: after compiling); the best "
+    "counts (default: 3 for default, 1 for paper85m; 1 for RL).")
+_RL_MODELS = flags.DEFINE_list(
+    "rl_models", ["rl_small", "paper85m"],
+    f"Models whose RL iteration is measured, from {list(RL_MODELS)}; empty skips RL.")
+_RL_BATCH = flags.DEFINE_integer(
+    "rl_batch", None, "Episodes per RL iteration (default: 64, 4 for paper85m).")
 _JSON = flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
 
 
@@ -70,6 +110,21 @@ def timeit(fn, reps: int) -> float:
     jax.block_until_ready(fn())
     times.append(time.perf_counter() - start)
   return min(times)
+
+
+def time_compiled(jitted, args: tuple, reps: int):
+  """Best wall time in seconds of `reps` calls of `jitted(*args)`, and the last call's result.
+
+  Unlike `timeit`, it compiles ahead of time instead of making an untimed call: one RL iteration of
+  the 85M model takes about a minute on 2 CPU cores.
+  """
+  compiled = jitted.lower(*args).compile()
+  times = []
+  for _ in range(reps):
+    start = time.perf_counter()
+    out = jax.block_until_ready(compiled(*args))
+    times.append(time.perf_counter() - start)
+  return min(times), out
 
 
 def measure_matmul_peak(size: int = 2048, reps: int = 5) -> float:
@@ -227,6 +282,91 @@ def benchmark_model(config: ml_collections.ConfigDict, *, peak_gflops: float, ge
   return figures
 
 
+def rl_setup(model_fields: dict, batch: int):
+  """The GPT, RL config and task of an RL measurement.
+
+  Args:
+    model_fields: the architecture, over the default pre-training config's.
+    batch: episodes per iteration.
+
+  Returns:
+    (GPTConfig with the block size of the default pre-training config, the default RL config
+    collecting `batch` episodes, the RL task "N + 1": 4-digit problems, 389-token episodes).
+  """
+  pretrain_config = task_config(model_fields, batch)
+  config = rl_default.get_config()
+  config.episodes_per_collect = batch
+  # One update step per iteration, like the eager PyTorch reference; the default config's five
+  # minibatches do the same FLOPs in smaller matmuls.
+  config.num_minibatches = 1
+  task = rl.make_task(pretrain_config.pretrain_max_digits, config.extra_digits)
+  return pretrain.model_config(pretrain_config), config, task
+
+
+def never_pad(params, margin: float = 100.0):
+  """Random GPT parameters that never sample the padding token, so every episode runs to its limit.
+
+  An untrained model emits the padding token (1 of 41) at random, which would end most episodes
+  after a few dozen tokens instead of the 389 of the reference measurements. Feature 0 of the final
+  hidden state is pinned to 1, and through the tied embedding only PAD reads it, with weight
+  -margin: PAD's logit drops by `margin`, every other logit loses only that one feature's share.
+  """
+  ln_f = dict(scale=params["ln_f"]["scale"].at[0].set(0.0),
+              bias=params["ln_f"]["bias"].at[0].set(1.0))
+  wte = params["wte"]["embedding"].at[:, 0].set(0.0).at[tokenizer.PAD_ID, 0].set(-margin)
+  return dict(params, ln_f=ln_f, wte=dict(embedding=wte))
+
+
+def measure_rl(gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict, task: rl.Task,
+               reps: int) -> dict:
+  """Times `sampling.rollout` alone and a whole `rl.make_runs_iteration` call (R = 1 run).
+
+  The update time (reference pass, GAE, one pass of minibatch updates) is the difference: the
+  iteration's own rollout differs from the one timed alone only by its key and the vmap over the
+  single run, and since PAD is never sampled both generate the same number of tokens. Tokens are
+  counted as actually generated (the iteration's mean episode length times its episodes).
+  """
+  params = never_pad(model_lib.init_params(gpt, jax.random.key(config.seed)))
+  key = jax.random.key(config.seed)
+  batch = rl.collect_batch(config, task, run_seed=0, iteration=0)
+  rollout = jax.jit(lambda params, problems, key: sampling.rollout(
+      params, gpt, problems, key, max_new_tokens=task.max_new_tokens,
+      temperature=config.temperature, failure_reward=config.failure_reward))
+  rollout_s, traj = time_compiled(rollout, (params, batch.problems, key), reps)
+  args = (rl.stack([rl.init_state(params, config, key)]), jnp.array([rl.run_beta(config)]),
+          rl.stack([batch.problems]), rl.stack([batch.critical]), params)
+  iteration_s, (_, metrics) = time_compiled(rl.make_runs_iteration(gpt, config, task), args, reps)
+  episodes = config.episodes_per_collect
+  episode_length = float(metrics["episode_length"][0])
+  generated = episode_length * episodes
+  total = task.prompt_length + task.max_new_tokens
+  # Forward FLOPs from model.flops_per_token with the whole buffer T as context, since both the
+  # cached decode and the teacher-forced passes score every buffer position before masking: one
+  # forward per generated token (the prompts' prefill left out), one forward over the T buffer
+  # tokens of each episode for the reference pass, three (forward and backward) for the update.
+  # As in measure_pretrain, the value head, elementwise work and the optimizer are left out.
+  flops = model_lib.flops_per_token(gpt, total) * (generated + 4 * episodes * total)
+  update_s = iteration_s - rollout_s
+  return dict(parameters=model_lib.num_params(params), episodes=episodes,
+              episode_length=episode_length, rollout_s=rollout_s, update_s=update_s,
+              iteration_s=iteration_s,
+              rollout_tokens_per_s=float(jnp.sum(traj.lengths)) / rollout_s,
+              update_tokens_per_s=generated / update_s,
+              iteration_tokens_per_s=generated / iteration_s,
+              iteration_gflops_per_s=flops / iteration_s / 1e9)
+
+
+def benchmark_rl(gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict, task: rl.Task, *,
+                 peak_gflops: float, reps: int, reference: dict | None) -> dict:
+  """The RL figures of one model; `reference` (an RL_REFERENCE entry) None skips the ratios."""
+  figures = measure_rl(gpt, config, task, reps)
+  figures["iteration_peak_fraction"] = figures["iteration_gflops_per_s"] / peak_gflops
+  for name in ("authors", "eager"):
+    figures[f"vs_{name}"] = (figures["iteration_tokens_per_s"] / reference[name] if reference
+                             else None)
+  return figures
+
+
 # Table rows: label and format of a model's figures.
 _ROWS = (
     ("parameters", "{parameters:,}"),
@@ -250,23 +390,69 @@ def _cell(fmt: str, figures: dict) -> str:
     return "skipped"
 
 
+# Table rows of the RL figures.
+_RL_ROWS = (
+    ("parameters", "{parameters:,}"),
+    ("episodes × mean length", "{episodes} × {episode_length:.0f}"),
+    ("rollout", "{rollout_s:.2f} s"),
+    ("update", "{update_s:.2f} s"),
+    ("whole iteration", "{iteration_s:.2f} s"),
+    ("rollout tokens/s", "{rollout_tokens_per_s:,.1f}"),
+    ("update tokens/s", "{update_tokens_per_s:,.1f}"),
+    ("iteration tokens/s", "{iteration_tokens_per_s:,.1f}"),
+    ("iteration GFLOP/s", "{iteration_gflops_per_s:.1f}"),
+    ("  fraction of matmul peak", "{iteration_peak_fraction:.1%}"),
+    ("  × authors' implementation", "{vs_authors:,.0f}×"),
+    ("  × eager PyTorch", "{vs_eager:.1f}×"),
+)
+
+
+def _table(rows, results: dict[str, dict]) -> list[str]:
+  lines = [f"{'':28}" + "".join(f"{name:>16}" for name in results)]
+  for label, fmt in rows:
+    lines.append(f"{label:28}" + "".join(f"{_cell(fmt, f):>16}" for f in results.values()))
+  return lines
+
+
+def _met(value: float, target: float) -> str:
+  return "met" if value >= target else "not met"
+
+
 def format_report(peak_gflops: float, results: dict[str, dict]) -> str:
   """The figures as a table, one column per model, followed by the targets."""
   lines = [f"matmul peak (float32 2048² @ 2048², jitted jnp.dot): {peak_gflops:.1f} GFLOP/s", ""]
-  lines.append(f"{'':28}" + "".join(f"{name:>16}" for name in results))
-  for label, fmt in _ROWS:
-    lines.append(f"{label:28}" + "".join(f"{_cell(fmt, f):>16}" for f in results.values()))
-  lines.append("")
+  if results:
+    lines += _table(_ROWS, results) + [""]
   if "paper85m" in results:
     fraction = results["paper85m"]["train_peak_fraction"]
-    met = "met" if fraction >= TARGET_PEAK_FRACTION else "not met"
     lines.append(f"target: paper85m pre-train step ≥ {TARGET_PEAK_FRACTION:.0%} of the matmul "
-                 f"peak: {fraction:.1%} ({met})")
+                 f"peak: {fraction:.1%} ({_met(fraction, TARGET_PEAK_FRACTION)})")
   for name, f in results.items():
     if f["cached_speedup"] is not None:
-      met = "met" if f["cached_speedup"] >= TARGET_SPEEDUP else "not met"
       lines.append(f"target: {name} cached generation ≥ {TARGET_SPEEDUP:.0f}× recomputation at "
-                   f"300 tokens: {f['cached_speedup']:.1f}× at {f['gen_tokens']} tokens ({met})")
+                   f"300 tokens: {f['cached_speedup']:.1f}× at {f['gen_tokens']} tokens "
+                   f"({_met(f['cached_speedup'], TARGET_SPEEDUP)})")
+  return "\n".join(lines)
+
+
+def format_rl_report(results: dict[str, dict]) -> str:
+  """The RL figures as a table, one column per model, followed by the targets."""
+  lines = ["RL iteration (random weights, PAD never sampled, 4-digit problems):"]
+  lines += _table(_RL_ROWS, results)
+  lines.append("")
+  for name, f in results.items():
+    fraction = f["iteration_peak_fraction"]
+    lines.append(f"target: {name} iteration ≥ {TARGET_RL_PEAK_FRACTION:.0%} of the matmul peak: "
+                 f"{fraction:.1%} ({_met(fraction, TARGET_RL_PEAK_FRACTION)})")
+    if f["vs_authors"] is None:
+      continue
+    reference = RL_REFERENCE[name]
+    lines.append(f"target: {name} iteration ≥ {TARGET_VS_AUTHORS:.0f}× the authors' "
+                 f"{reference['authors']:g} tokens/s: {f['vs_authors']:,.0f}× "
+                 f"({_met(f['vs_authors'], TARGET_VS_AUTHORS)})")
+    lines.append(f"target: {name} iteration ≥ {TARGET_VS_EAGER:.0f}× eager PyTorch's "
+                 f"{reference['eager']:,g} tokens/s: {f['vs_eager']:.1f}× "
+                 f"({_met(f['vs_eager'], TARGET_VS_EAGER)})")
   return "\n".join(lines)
 
 
@@ -274,15 +460,32 @@ def _setting(flag, preset: dict, key: str):
   return preset[key] if flag.value is None else flag.value
 
 
-def main(_):
-  unknown = set(_MODELS.value) - set(MODELS)
-  if unknown:
-    raise ValueError(f"unknown --models {sorted(unknown)}; choose from {list(MODELS)}")
-  for flag in (_BATCH_SIZE, _GEN_BATCH, _GEN_TOKENS, _REPS):
+def _validate_flags():
+  for flag, known in ((_MODELS, MODELS), (_RL_MODELS, RL_MODELS)):
+    unknown = set(flag.value) - set(known)
+    if unknown:
+      raise ValueError(f"unknown --{flag.name} {sorted(unknown)}; choose from {list(known)}")
+  for flag in (_BATCH_SIZE, _GEN_BATCH, _GEN_TOKENS, _REPS, _RL_BATCH):
     if flag.value is not None and flag.value < 1:
       raise ValueError(f"--{flag.name} must be >= 1, got {flag.value}")
   if _RECOMPUTE_TOKENS.value is not None and _RECOMPUTE_TOKENS.value < 0:
     raise ValueError(f"--recompute_tokens must be >= 0, got {_RECOMPUTE_TOKENS.value}")
+
+
+def _benchmark_rl_models(peak: float) -> dict[str, dict]:
+  results = {}
+  for name in _RL_MODELS.value:
+    preset = RL_MODELS[name]
+    gpt, config, task = rl_setup(preset["model"], _setting(_RL_BATCH, preset, "batch"))
+    print(f"{name} RL iteration: {config.episodes_per_collect} episodes of {gpt}", flush=True)
+    results[name] = benchmark_rl(gpt, config, task, peak_gflops=peak,
+                                 reps=_setting(_REPS, preset, "reps"),
+                                 reference=RL_REFERENCE.get(name))
+  return results
+
+
+def main(_):
+  _validate_flags()
   print(f"device: {jax.devices()[0].device_kind}, {os.cpu_count()} CPU cores", flush=True)
   peak = measure_matmul_peak()
   results = {}
@@ -295,9 +498,12 @@ def main(_):
         config, peak_gflops=peak, gen_batch=_GEN_BATCH.value, gen_tokens=_GEN_TOKENS.value,
         recompute_tokens=recompute, reps=_setting(_REPS, preset, "reps"),
         log=functools.partial(print, flush=True))
+  rl_results = _benchmark_rl_models(peak)
   print(format_report(peak, results))
+  if rl_results:
+    print("\n" + format_rl_report(rl_results))
   figures = dict(device=jax.devices()[0].device_kind, cpu_count=os.cpu_count(),
-                 matmul_peak_gflops_per_s=peak, models=results)
+                 matmul_peak_gflops_per_s=peak, models=results, rl=rl_results)
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(figures, f, indent=2)

@@ -6,6 +6,7 @@ import numpy as np
 
 from critical_kl import model as model_lib
 from critical_kl import pretrain
+from critical_kl import rl
 from critical_kl import sampling
 from experiments import benchmark
 
@@ -28,6 +29,21 @@ def test_figures_are_positive_and_finite():
     assert math.isfinite(figures[name]) and figures[name] > 0, name
   report = benchmark.format_report(peak, {"default": figures})
   assert "cached speed-up" in report and "skipped" not in report
+
+
+def test_rl_figures_are_positive_and_finite():
+  gpt, config, _ = benchmark.rl_setup(TINY, batch=2)
+  peak = benchmark.measure_matmul_peak(size=64, reps=1)
+  figures = benchmark.benchmark_rl(gpt, config, rl.make_task(1, 1), peak_gflops=peak, reps=1,
+                                   reference=benchmark.RL_REFERENCE["rl_small"])
+  assert figures["episode_length"] == 257  # PAD is never sampled: every episode runs to its limit
+  rates = ("rollout_s", "update_s", "iteration_s", "rollout_tokens_per_s", "update_tokens_per_s",
+           "iteration_tokens_per_s", "iteration_gflops_per_s", "iteration_peak_fraction",
+           "vs_authors", "vs_eager")
+  for name in rates:
+    assert math.isfinite(figures[name]) and figures[name] > 0, name
+  report = benchmark.format_rl_report({"rl_small": figures})
+  assert "eager PyTorch's 2,350 tokens/s" in report and "skipped" not in report
 
 
 def test_recomputed_greedy_matches_rollout():
