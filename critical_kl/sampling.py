@@ -23,7 +23,6 @@ from critical_kl import tokenizer
 from critical_kl import trajectory as trajectory_lib
 
 _CLOSE = tokenizer.encode("</scratch>\n")
-_NEWLINE = int(tokenizer.encode("\n")[0])
 
 
 class Problems(NamedTuple):
@@ -86,7 +85,7 @@ def step_episode(s: EpisodeState, action, step, expected, expected_lengths,
   """
   active = ~s.done
   close = jnp.asarray(_CLOSE)
-  ends_result = s.closed & (action == _NEWLINE)
+  ends_result = s.closed & (action == tokenizer.NEWLINE_ID)
   in_result = s.closed & ~ends_result
   want = jnp.take_along_axis(expected, jnp.minimum(s.result_pos, expected.shape[1] - 1)[:, None],
                              axis=1)[:, 0]
@@ -222,8 +221,8 @@ def rollout(params, config: model_lib.GPTConfig, problems: Problems, key: jax.Ar
   return trajectory_lib.Trajectory(
       tokens=s.tokens, mask=mask.astype(jnp.float32), logp=s.logp, values=s.values,
       entropy=s.entropy, rewards=s.rewards, prompt_lengths=problems.prompt_lengths,
-      lengths=episode.lengths, termination=episode.termination, solved=episode.solved, ref_logp=zeros, certainty=zeros,
-      critical=jnp.zeros((batch, total), bool))
+      lengths=episode.lengths, termination=episode.termination, solved=episode.solved,
+      ref_logp=zeros, certainty=zeros, critical=jnp.zeros((batch, total), bool))
 
 
 def completions(traj: trajectory_lib.Trajectory) -> list[str]:

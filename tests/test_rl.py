@@ -90,3 +90,10 @@ def test_cli_bad_input_is_one_line(tiny_model, tmp_path):
                         text=True, timeout=120)
   assert proc.returncode != 0 and "no checkpoint" in proc.stderr
   assert "Traceback" not in proc.stderr
+
+
+def test_ppo_with_kl_in_reward_runs(tiny_model, tmp_path):
+  out = finetune.finetune(tiny_config(tiny_model, num_iterations=1, loss="ppo", kl_in_reward=True),
+                          str(tmp_path), {"prioritized": 150.0}, log=lambda _: None)
+  run = out["history"][0]["runs"][0]
+  assert np.isfinite(run["clip_fraction"]) and np.isfinite(run["approx_kl"])

@@ -14,7 +14,7 @@ from critical_kl.configs import pretrain_default
 def get_config():
   c = pretrain_default.get_config()
   c.pretrain_max_digits = 5
-  c.num_steps = 2500
+  c.num_steps = 2900
   c.warmup_steps = 200
   c.checkpoint_every = 250
   c.eval_every = 500
