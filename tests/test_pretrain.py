@@ -1,5 +1,4 @@
 """Pre-training: batches, loss masking, learning, and exact resumption from a checkpoint."""
-import os
 import shutil
 
 import jax

@@ -9,7 +9,6 @@ import pytest
 
 from critical_kl import checkpoints
 from critical_kl import finetune
-from critical_kl import model as model_lib
 from critical_kl import rl
 from critical_kl.configs import rl_default
 
