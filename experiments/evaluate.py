@@ -1,7 +1,7 @@
 """Accuracy of a pre-trained model at N..N+3 digits, identical and varying operands (SPEC §3).
 
   python -m experiments.evaluate                      # the shipped model, 200 problems per suite
-  python -m experiments.evaluate --num_examples=1000  # SPEC §3's 1,000 (about half an hour on 2 CPU cores)
+  python -m experiments.evaluate --num_examples=1000  # SPEC §3's 1,000 (several times longer)
   python -m experiments.evaluate --checkpoint=runs/pretrain --digits=4 --mode=varying \
       --num_examples=200 --decoding=sampled --temperature=1.0
 
