@@ -40,3 +40,17 @@ def gae(rewards: chex.Array, values: chex.Array, mask: chex.Array, gamma: chex.N
                                reverse=True)
   advantages = advantages.T * mask
   return advantages, (advantages + values) * mask
+
+
+def normalize(advantages: chex.Array, mask: chex.Array, eps: float = 1e-8) -> jnp.ndarray:
+  """Advantages [B, T] whitened over the generated tokens of the whole batch (0 elsewhere).
+
+  Subtracting the batch mean is a baseline that needs no trained value head: with γ = λ = 1 a
+  random value head leaves A_t ≈ ±1 on every token, and the mostly failed episodes would push
+  down the (mostly right) tokens they sampled. Not in the paper's loss (SPEC §5); an option.
+  """
+  chex.assert_equal_shape([advantages, mask])
+  count = jnp.maximum(jnp.sum(mask), 1.0)
+  mean = jnp.sum(advantages * mask) / count
+  var = jnp.sum(jnp.square(advantages - mean) * mask) / count
+  return (advantages - mean) / jnp.sqrt(var + eps) * mask

@@ -87,14 +87,20 @@ def load_model(directory: str) -> tuple[Any, model_lib.GPTConfig, dict]:
   path = _model_dir(directory)
   config = load_config(path)
   gpt_config = model_lib.GPTConfig(**config["model"])
-  abstract = jax.eval_shape(lambda: model_lib.init_params(gpt_config, jax.random.key(0)))
+  # On this process's first device: with several processes each restores its own full copy
+  # (Orbax refuses a target without shardings when the topology differs from the saved one).
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+      jax.eval_shape(lambda: model_lib.init_params(gpt_config, jax.random.key(0))))
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
     if os.path.isdir(os.path.join(path, "params")):
       item = ckptr.restore(path, ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
       return item["params"], gpt_config, config
     state = {"params": abstract}
-    restored = ckptr.restore(path, ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(state, partial_restore=True)))
+    restored = ckptr.restore(path, ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        state, restore_args=ocp.checkpoint_utils.construct_restore_args(state),
+        partial_restore=True)))
     return restored["state"]["params"], gpt_config, config
 
 

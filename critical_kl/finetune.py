@@ -2,7 +2,8 @@
 
 A run is (arm, seed). Arms are named β values (see `rl.run_beta`); every arm runs the same seeds,
 and run s of every arm sees the same problems and starts from the same key. All runs advance
-together through one jitted, vmapped iteration.
+together through one jitted, vmapped iteration; with `config.sharding`, on a device mesh (see
+`sharding.shard_runs_iteration`), where only the main process logs and writes `metrics.jsonl`.
 """
 import json
 import os
@@ -16,8 +17,10 @@ import numpy as np
 
 from critical_kl import arithmetic
 from critical_kl import checkpoints
+from critical_kl import distributed
 from critical_kl import pretrain
 from critical_kl import rl
+from critical_kl import sharding
 
 
 def _runs(arms: dict[str, float], num_seeds: int) -> list[tuple[str, int]]:
@@ -85,6 +88,9 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, arms: dict[str, fl
   """
   t0 = time.time()
   rl.validate(config)
+  mesh = sharding.mesh_from_config(config)
+  if not distributed.is_main():
+    log = lambda *_: None
   ref_params, gpt, pre_config = checkpoints.load_model(config.checkpoint)
   task = rl.make_task(pre_config["pretrain_max_digits"], config.extra_digits)
   if task.prompt_length + task.max_new_tokens > gpt.block_size:
@@ -95,17 +101,23 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, arms: dict[str, fl
   base_key = jax.random.key(config.seed)
   state = rl.stack([rl.init_state(ref_params, config, jax.random.fold_in(base_key, seed))
                     for _, seed in runs])
+  initial_params, start = state.params, 0
+  if mesh is not None:
+    # Before the workdir is touched: raises ValueError when the mesh cannot split the runs.
+    state = sharding.place_runs(state, mesh, config.episodes_per_collect)
+    ref_params = sharding.place_state(ref_params, mesh)
   saved = dict(config.to_dict(), model=dict(vars(gpt)), arms=arms)
   mngr = checkpoints.manager(pretrain.prepare_workdir(workdir, overwrite))
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  if overwrite and os.path.exists(metrics_path):
+  main = distributed.is_main()
+  if overwrite and os.path.exists(metrics_path) and main:
     os.remove(metrics_path)
-  initial_params, start = state.params, 0
   restored = checkpoints.restore_latest(mngr, dict(state=state._asdict(), iteration=0), saved)
   if restored is not None:
     state, start = rl.RLState(**restored["state"]), int(restored["iteration"])
     log(f"resumed from iteration {start} in {mngr.directory}")
-  _restart_log(metrics_path, start)
+  if main:
+    _restart_log(metrics_path, start)
 
   evaluator = Evaluator(gpt, config, task)
   # Every run starts from the same parameters: evaluate them once, not once per run.
@@ -114,22 +126,24 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, arms: dict[str, fl
   log(f"{len(runs)} runs ({', '.join(arms)} × {config.num_seeds} seeds) on {task.digits}-digit "
       f"problems; before RL: greedy {100 * before['accuracy'][0]:.1f}%, sampled at "
       f"τ={config.temperature} {100 * before['sampled_accuracy'][0]:.1f}%")
-  iterate = rl.make_runs_iteration(gpt, config, task)
+  iterate = (rl.make_runs_iteration(gpt, config, task) if mesh is None
+             else sharding.shard_runs_iteration(gpt, config, task, state, mesh))
   history = []
   for it in range(start, config.num_iterations):
     batches = rl.stack([rl.collect_batch(config, task, seed, it) for _, seed in runs])
     state, metrics = iterate(state, betas, batches.problems, batches.critical, ref_params)
     record = dict(iteration=it + 1, runs=_per_run(metrics, runs))
     if config.eval_every and (it + 1) % config.eval_every == 0 and it + 1 < config.num_iterations:
-      record["eval"] = evaluator(state.params)
+      record["eval"] = evaluator(distributed.host_local(state.params))
     history.append(record)
-    with open(metrics_path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    if main:
+      with open(metrics_path, "a") as f:
+        f.write(json.dumps(record) + "\n")
     _log_iteration(log, record, arms, it + 1, config.num_iterations, t0)
     if (it + 1) % config.checkpoint_every == 0 or it + 1 == config.num_iterations:
       checkpoints.save(mngr, it + 1, dict(state=state._asdict(), iteration=it + 1), saved)
   mngr.close()
-  after = evaluator(state.params)
+  after = evaluator(distributed.host_local(state.params))
   return dict(runs=runs, before=before, after=after, history=history, params=state.params,
               seconds=time.time() - t0, task=task)
 

@@ -3,6 +3,10 @@
 Next-token cross-entropy on completion tokens only (the prompt is masked), teacher forcing. Every
 step draws fresh problems, each operand's length uniform in 1..N; the numpy generator of step s is
 seeded by (seed, s), so a resumed run sees exactly the batches an uninterrupted one would.
+
+With `config.sharding` (see `sharding`) the step runs on a device mesh. Across several processes
+each one draws the same problems but encodes only the rows its devices hold, so the global batch
+is the same for any number of processes.
 """
 import functools
 import os
@@ -18,8 +22,10 @@ import optax
 
 from critical_kl import arithmetic
 from critical_kl import checkpoints
+from critical_kl import distributed
 from critical_kl import evaluation
 from critical_kl import model as model_lib
+from critical_kl import sharding
 from critical_kl import tokenizer
 
 def model_config(config: ml_collections.ConfigDict) -> model_lib.GPTConfig:
@@ -48,15 +54,20 @@ def validate(config: ml_collections.ConfigDict) -> None:
                      f"problem ({needed} tokens)")
 
 
-def make_batch(config: ml_collections.ConfigDict, step: int):
-  """The training batch of `step`.
+def make_batch(config: ml_collections.ConfigDict, step: int, rows: np.ndarray | None = None):
+  """The training batch of `step`, or its rows `rows` (default: all B = config.batch_size).
+
+  The random draws are those of the whole batch whatever `rows` is, so make_batch(c, s, rows)
+  equals make_batch(c, s)[rows], row by row; only the chosen rows are encoded.
 
   Returns:
-    tokens int32 [B, L], positions int32 [B, L], loss_mask float32 [B, L] (1 on completion tokens),
-    with L the longest N-digit problem.
+    tokens int32 [R, L], positions int32 [R, L], loss_mask float32 [R, L] (1 on completion tokens),
+    with L the longest N-digit problem and R = len(rows) (B by default).
   """
   rng = np.random.default_rng([config.seed, step])
   operands = arithmetic.sample_balanced(rng, config.batch_size, config.pretrain_max_digits)
+  if rows is not None:
+    operands = operands[rows]
   prompts = [arithmetic.prompt(int(a), int(b)) for a, b in operands]
   texts = [p + arithmetic.scratchpad(int(a), int(b)) for p, (a, b) in zip(prompts, operands)]
   length = arithmetic.max_sequence_length(config.pretrain_max_digits)
@@ -66,7 +77,10 @@ def make_batch(config: ml_collections.ConfigDict, step: int):
   loss_mask = (index >= prompt_lengths[:, None]) & (index < lengths[:, None])
   offsets = np.zeros((len(texts), 1), np.int64)
   if config.random_start_positions:
-    offsets = rng.integers(0, model_config(config).block_size - length + 1, size=(len(texts), 1))
+    offsets = rng.integers(0, model_config(config).block_size - length + 1,
+                           size=(config.batch_size, 1))
+    if rows is not None:
+      offsets = offsets[rows]
   return tokens, (offsets + index).astype(np.int32), loss_mask.astype(np.float32)
 
 
@@ -113,10 +127,14 @@ def saved_config(config: ml_collections.ConfigDict) -> dict:
 
 
 def prepare_workdir(workdir: str, overwrite: bool) -> str:
-  """Returns the checkpoint directory; with `overwrite`, removes earlier checkpoints first."""
+  """Returns the checkpoint directory; with `overwrite`, removes earlier checkpoints first.
+
+  Across processes (sharing the directory) only the main one removes, and all wait for it.
+  """
   ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if overwrite and os.path.isdir(ckpt_dir):
+  if overwrite and os.path.isdir(ckpt_dir) and distributed.is_main():
     shutil.rmtree(ckpt_dir)
+  distributed.sync("prepare_workdir")
   os.makedirs(ckpt_dir, exist_ok=True)
   return ckpt_dir
 
@@ -134,24 +152,43 @@ def train(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = Fal
           log=functools.partial(print, flush=True)) -> dict[str, Any]:
   """Pre-trains, checkpointing to `workdir/checkpoints`; resumes from the latest checkpoint.
 
-  Returns the final state dict.
+  With `config.sharding`, runs on a device mesh (see `sharding`); only the main process logs.
+
+  Returns the final state dict (on the mesh when there is one).
+
+  Raises:
+    ValueError: on a bad config, e.g. a batch size the data axis does not divide.
   """
   validate(config)
+  mesh = sharding.mesh_from_config(config)
+  if mesh is not None:
+    sharding.check_batch(config.batch_size, mesh)
+  if not distributed.is_main():
+    log = lambda *_: None
   gpt = model_config(config)
   optimizer = make_optimizer(config)
   mngr = checkpoints.manager(prepare_workdir(workdir, overwrite))
   saved = saved_config(config)
   state = init_state(config, optimizer)
+  if mesh is not None:
+    # Placed before restoring, so that Orbax restores each process's shards onto the mesh.
+    state = sharding.place_state(state, mesh)
   restored = checkpoints.restore_latest(mngr, state, saved)
   if restored is not None:
     state = restored
     log(f"resumed from step {int(state['step'])} in {mngr.directory}")
   log(f"model: {model_lib.num_params(state['params']):,} parameters, {gpt}")
-  train_step = make_train_step(gpt, optimizer)
+  if mesh is None:
+    train_step, batch = make_train_step(gpt, optimizer), functools.partial(make_batch, config)
+  else:
+    train_step = sharding.shard_pretrain_step(gpt, optimizer, state, mesh)
+    rows = sharding.process_rows(config.batch_size, mesh)
+    batch = lambda step: sharding.global_batch(mesh, make_batch(config, step, rows),
+                                               config.batch_size)
   start = int(state["step"])
   t0, losses = time.time(), []
   for step in range(start, config.num_steps):
-    state, loss = train_step(state, *make_batch(config, step))
+    state, loss = train_step(state, *batch(step))
     losses.append(loss)
     done = step + 1
     if done % config.log_every == 0 or done == config.num_steps:
@@ -163,6 +200,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = Fal
     if done % config.checkpoint_every == 0 or done == config.num_steps:
       checkpoints.save(mngr, done, state, saved)
     if config.eval_every and done % config.eval_every == 0 and done < config.num_steps:
-      log(progress_report(state["params"], gpt, config))
+      params = distributed.host_local(state["params"])  # a collective: every process calls it
+      if distributed.is_main():
+        log(progress_report(params, gpt, config))
   mngr.close()
   return state

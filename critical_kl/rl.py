@@ -175,6 +175,8 @@ def make_iteration(gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict, 
     weights = losses.prioritized_weights(traj.certainty, beta, config.intercept)
     rewards = traj.rewards + losses.kl_reward_penalty(traj, weights, loss_cfg)
     adv, ret = advantages_lib.gae(rewards, traj.values, traj.mask, config.gamma, config.lam)
+    if config.normalize_advantages:
+      adv = advantages_lib.normalize(adv, traj.mask)
     order = jax.random.permutation(perm_key, problems.prompts.shape[0])
     split = lambda x: x[order].reshape((config.num_minibatches, -1) + x.shape[1:])
     minibatches = jax.tree_util.tree_map(split, (traj, ref_logits, adv, ret, weights))

@@ -10,23 +10,32 @@ explicit `in_shardings` / `out_shardings` (pjit semantics): the compiler propaga
 through the model, the rollout and the update, so nothing in the model knows about the mesh.
 Results equal those on one device up to the order of floating-point reductions.
 
-Config (optional; absent means no sharding), for the lead to add to a pre-train or RL config:
+Config: every pre-train and RL config has
 
   c.sharding = ml_collections.ConfigDict(dict(
-      data=0,     # devices along "data"; 0: all devices // params
+      data=1,     # devices along "data"; 0: all devices // params
       params=1))  # devices along "params"; 1: data parallel only
+
+data = params = 1 (the default), or no `sharding` field, means no mesh: one device, the plain
+jitted functions. Anything else builds a mesh over every device of every process, e.g.
+`--config.sharding.data=0` (all devices) or `--config.sharding.data=4 --config.sharding.params=2`.
 
 Typical use:
 
   mesh = sharding.mesh_from_config(config)
   state = sharding.place_state(state, mesh)
   train_step = sharding.shard_pretrain_step(gpt, optimizer, state, mesh)
+
+With several processes (see `distributed`) the mesh spans the devices of all of them; each process
+builds only the rows of the batch its own devices hold (`process_rows`), and `global_batch`
+assembles the global array from them.
 """
 import math
 from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from critical_kl import model as model_lib
@@ -57,8 +66,8 @@ def make_mesh(data: int | None = None, params: int = 1, devices=None) -> Mesh:
 
 
 def mesh_from_config(config: ml_collections.ConfigDict) -> Mesh | None:
-  """The mesh of `config.sharding` (see the module docstring), or None when it has none."""
-  if "sharding" not in config:
+  """The mesh of `config.sharding` (see the module docstring), or None for one device."""
+  if "sharding" not in config or (config.sharding.data, config.sharding.params) == (1, 1):
     return None
   return make_mesh(config.sharding.data or None, config.sharding.params)
 
@@ -105,7 +114,42 @@ def check_batch(batch_size: int, mesh: Mesh) -> None:
 
 def place_state(tree: Any, mesh: Mesh) -> Any:
   """Puts parameters or a training state on the mesh with the shardings of `param_sharding`."""
-  return jax.device_put(tree, param_sharding(tree, mesh))
+  return _put(tree, param_sharding(tree, mesh))
+
+
+def _put(tree: Any, shardings: Any) -> Any:
+  """`jax.device_put`; across processes, from host copies (every process holds the same values)."""
+  if jax.process_count() > 1:
+    # A single-device array of one process cannot be moved to another process's devices; each
+    # process instead contributes its own shards of an identical host value.
+    tree = jax.device_get(tree)
+  return jax.device_put(tree, shardings)
+
+
+def process_rows(batch_size: int, mesh: Mesh) -> np.ndarray:
+  """int [B_local]: the rows of a [batch_size, ...] batch split along "data" that this process's
+  devices hold, ascending; all rows with one process.
+
+  Concatenated in this order they are the local data `global_batch` expects.
+  """
+  index_map = batch_sharding(mesh).addressable_devices_indices_map((batch_size,))
+  return np.unique(np.concatenate([np.arange(batch_size)[index[0]]
+                                   for index in index_map.values()]))
+
+
+def global_batch(mesh: Mesh, local_arrays, batch_size: int) -> tuple[jax.Array, ...]:
+  """The global batch [batch_size, ...], split along "data", from this process's rows.
+
+  Args:
+    mesh: from `make_mesh`.
+    local_arrays: numpy arrays [B_local, ...], the rows `process_rows(batch_size, mesh)` of the
+      batch (the whole batch with one process).
+    batch_size: the global batch size B.
+  """
+  check_batch(batch_size, mesh)
+  sharding = batch_sharding(mesh)
+  return tuple(jax.make_array_from_process_local_data(sharding, x, (batch_size,) + x.shape[1:])
+               for x in local_arrays)
 
 
 def shard_pretrain_step(gpt: model_lib.GPTConfig, optimizer, state: dict[str, Any], mesh: Mesh):
@@ -159,5 +203,95 @@ def shard_rl_iteration(gpt: model_lib.GPTConfig, config: ml_collections.ConfigDi
 
   def iteration(state, beta, problems, critical, ref_params):
     check_batch(problems.prompts.shape[0], mesh)
+    return step(state, beta, problems, critical, ref_params)
+  return iteration
+
+
+def _runs_spec(shape: tuple[int, ...], split_runs: bool, params_size: int) -> P:
+  """A leaf [R, ...] of stacked runs: the runs along "data" (or replicated), each run's leaf
+  FSDP-split as `param_sharding` splits an unstacked one."""
+  return P(DATA if split_runs else None,
+           *_fsdp_spec(shape[1:], params_size, MIN_SHARDED_SIZE))
+
+
+def runs_split(num_runs: int, episodes: int, mesh: Mesh) -> int:
+  """Which axis of the stacked runs the "data" axis splits: 0 (runs) when the runs divide evenly,
+  else 1 (the episodes of each run).
+
+  Raises:
+    ValueError: when neither divides evenly.
+  """
+  data = mesh.shape[DATA]
+  if num_runs % data == 0:
+    return 0
+  if episodes % data == 0:
+    return 1
+  raise ValueError(f"neither the {num_runs} runs nor the {episodes} episodes per collect are "
+                   f"divisible by the {data} devices of the data axis")
+
+
+def runs_shardings(mesh: Mesh, state: rl.RLState, num_runs: int, episodes: int):
+  """Shardings of the vmapped runs iteration's arguments.
+
+  Returns:
+    (state, beta [R], per-episode arrays [R, B, ...]) shardings. Split over runs, each device
+    advances whole runs; split over episodes, every device holds every run and its share of each
+    run's episodes. Parameters and optimizer state are FSDP-split along "params" either way.
+  """
+  axis = runs_split(num_runs, episodes, mesh)
+  params_size = mesh.shape[PARAMS]
+
+  state_shardings = jax.tree_util.tree_map(
+      lambda x: NamedSharding(mesh, _runs_spec(tuple(x.shape), axis == 0, params_size)), state)
+  per_run = NamedSharding(mesh, P(DATA) if axis == 0 else P())
+  episodes_sharding = NamedSharding(mesh, P(DATA) if axis == 0 else P(None, DATA))
+  return state_shardings, per_run, episodes_sharding
+
+
+def place_runs(state: rl.RLState, mesh: Mesh, episodes: int) -> rl.RLState:
+  """Puts the stacked runs' state on the mesh with the shardings of `shard_runs_iteration`."""
+  num_runs = jax.tree_util.tree_leaves(state)[0].shape[0]
+  return _put(state, runs_shardings(mesh, state, num_runs, episodes)[0])
+
+
+def shard_runs_iteration(gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict,
+                         task: rl.Task, state: rl.RLState, mesh: Mesh):
+  """`rl.make_runs_iteration` (all runs vmapped) on the mesh.
+
+  Args:
+    gpt, config, task: as for `rl.make_runs_iteration`.
+    state: the stacked runs' `RLState` (or its `jax.eval_shape`), for the shardings; pass the state
+      through `place_runs` and the reference parameters through `place_state` first.
+    mesh: from `make_mesh`.
+
+  Returns:
+    iteration(state, beta [R], problems [R, B, P], critical [R, B, T], ref_params) →
+    (state, metrics [R] each, replicated), with "data" over the runs when R divides evenly, else
+    over the episodes (`runs_split`); host numpy arguments are placed here.
+
+  Raises:
+    ValueError: when neither R nor B divides evenly over the data axis.
+  """
+  num_runs = jax.tree_util.tree_leaves(state)[0].shape[0]
+  state_shardings, per_run, per_episode = runs_shardings(mesh, state, num_runs,
+                                                         config.episodes_per_collect)
+  params = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
+                                  state.params)
+  vmapped = jax.vmap(rl.make_iteration(gpt, config, task), in_axes=(0, 0, 0, 0, None))
+  step = jax.jit(vmapped,
+                 in_shardings=(state_shardings, per_run, per_episode, per_episode,
+                               param_sharding(params, mesh)),
+                 out_shardings=(state_shardings, replicated(mesh)))
+
+  def place(x, sharding):
+    # Every process holds the whole host batch; each contributes the shards of its devices.
+    if isinstance(x, jax.Array) and (x.sharding == sharding or not x.is_fully_addressable):
+      return x
+    return jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x))
+
+  def iteration(state, beta, problems, critical, ref_params):
+    beta = place(beta, per_run)
+    problems, critical = jax.tree_util.tree_map(lambda x: place(x, per_episode),
+                                                (problems, critical))
     return step(state, beta, problems, critical, ref_params)
   return iteration

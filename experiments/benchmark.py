@@ -4,6 +4,15 @@
   python -m experiments.benchmark --models=default --rl_models=rl_small --reps=5 --json=/tmp/b.json
   python -m experiments.benchmark --models= --rl_models=rl_small   # the RL part of one model only
 
+  # Scale-out only: pre-training tokens/s of the default model at batch 8, 16, 32 on 1, 2, 4, 8
+  # devices, and the memory per device of the 85M pre-train step and RL iteration (about ten
+  # minutes on 2 CPU cores, most of it compiling the 85M programs):
+  python -m experiments.benchmark --models= --rl_models= --scaling --json=/tmp/scaling.json
+  # The same with the RL iteration of rl_small (8 episodes) timed on every mesh as well:
+  python -m experiments.benchmark --models= --rl_models= --scaling --scaling_rl_model=rl_small
+  # Hybrid meshes only (K/2 data × 2 params, e.g. 4 × 2 on 8 devices), no memory figures:
+  python -m experiments.benchmark --models= --rl_models= --scaling --mesh_params=2 --memory_model=
+
 For each model it measures
   * the pre-training step: tokens/s, and achieved FLOP/s as a fraction of the dense float32 matmul
     peak measured in the same run;
@@ -15,6 +24,22 @@ config (R = 1 run, random weights, 4-digit problems, 389-token episodes): rollou
 whole-iteration tokens/s, the iteration's FLOP/s as a fraction of the matmul peak, and its tokens/s
 against two reference implementations measured on a 2-core machine (see RL_REFERENCE).
 
+With --scaling, the scale-out section measures, for each of --device_counts K and each mesh of K
+devices (one per --mesh_params size p that divides K: K/p devices split the batch along "data", p
+split the parameters and optimizer state along "params", FSDP; see critical_kl/sharding.py):
+  * the pre-training step of --scaling_model at each of --batch_sizes (global batch), and with
+    --scaling_rl_model one RL iteration of --scaling_rl_batch episodes: tokens/s, tokens/s per
+    device, and the efficiency, tokens/s per device over the 1-device rate at the same batch;
+  * the memory per device of the pre-train step and the RL iteration of --memory_model at
+    --memory_batch, from XLA's memory_analysis() of the compiled program (arguments, outputs,
+    temporaries, generated code), without running it; the compile times are reported too. On GPUs
+    and TPUs each program is then also run once in its own process for the devices' measured peak
+    (memory_stats()["peak_bytes_in_use"]); CPU devices keep no such statistics.
+Each device count runs in its own Python process. On a CPU its devices are simulated (XLA_FLAGS
+--xla_force_host_platform_device_count=K) and share the same cores, so the figures show that the
+sharded programs run and what sharding costs, not a speed-up; on GPUs and TPUs the process takes
+the first K real devices, and counts above the number available are skipped with a note.
+
 Every time is the best of --reps calls after one warm-up call, which also compiles; the best rather
 than the mean because other processes on the machine only ever add time. The RL calls are compiled
 ahead of time instead of warmed up, which spares a whole extra iteration of the 85M model. The run
@@ -22,7 +47,11 @@ prints tables, then all figures as one JSON line.
 """
 import functools
 import json
+import math
 import os
+import re
+import subprocess
+import sys
 import time
 
 from absl import flags
@@ -36,6 +65,7 @@ from critical_kl import model as model_lib
 from critical_kl import pretrain
 from critical_kl import rl
 from critical_kl import sampling
+from critical_kl import sharding
 from critical_kl import tokenizer
 from critical_kl.configs import pretrain_default
 from critical_kl.configs import rl_default
@@ -99,6 +129,32 @@ _RL_MODELS = flags.DEFINE_list(
 _RL_BATCH = flags.DEFINE_integer(
     "rl_batch", None, "Episodes per RL iteration (default: 64, 4 for paper85m).")
 _JSON = flags.DEFINE_string("json", None, "Also write the figures to this JSON file.")
+_SCALING = flags.DEFINE_bool(
+    "scaling", False, "Also measure the scale-out section: pre-training (and with "
+    "--scaling_rl_model, RL) tokens/s against --batch_sizes and --device_counts, and the compiled "
+    "memory per device of --memory_model; each device count runs in a subprocess.")
+_SCALING_MODEL = flags.DEFINE_enum(
+    "scaling_model", "default", list(MODELS), "Model of the scale-out pre-training throughput.")
+_BATCH_SIZES = flags.DEFINE_list(
+    "batch_sizes", ["8", "16", "32"], "Global pre-training batches of the scale-out section.")
+_DEVICE_COUNTS = flags.DEFINE_list(
+    "device_counts", ["1", "2", "4", "8"],
+    "Device counts of the scale-out section: simulated CPU devices on a CPU, else the first K "
+    "devices (counts above those available are skipped).")
+_MESH_PARAMS = flags.DEFINE_list(
+    "mesh_params", ["1", "all"],
+    "Sizes of the mesh's \"params\" (FSDP) axis in the scale-out section; on K devices each size p "
+    "that divides K gives a (K/p data) × (p params) mesh; \"all\" means p = K.")
+_SCALING_RL_MODEL = flags.DEFINE_string(
+    "scaling_rl_model", "", f"Model, from {list(RL_MODELS)}, whose RL iteration the scale-out "
+    "section also times at --scaling_rl_batch episodes; empty skips it.")
+_SCALING_RL_BATCH = flags.DEFINE_integer(
+    "scaling_rl_batch", 8, "Episodes per RL iteration in the scale-out section.")
+_MEMORY_MODEL = flags.DEFINE_string(
+    "memory_model", "paper85m", f"Model, from {list(MODELS)}, whose pre-train step and RL "
+    "iteration the scale-out section compiles for their memory per device; empty skips it.")
+_MEMORY_BATCH = flags.DEFINE_integer(
+    "memory_batch", 8, "Pre-training batch and RL episodes of the memory figures.")
 
 
 def timeit(fn, reps: int) -> float:
@@ -456,6 +512,418 @@ def format_rl_report(results: dict[str, dict]) -> str:
   return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------
+# Scale-out: throughput against batch size and device count, and memory per device.
+#
+# XLA creates simulated CPU devices only when XLA_FLAGS holds --xla_force_host_platform_device_count
+# before jax starts, so each device count runs `scaling_worker` in a fresh interpreter. On GPUs and
+# TPUs the same worker takes the first K real devices; a fresh process there also gives every
+# executed memory measurement its own device-memory peak, which jax cannot reset.
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_RESULT_PREFIX = "scaling-result: "
+_WORKER_CODE = ("import json, sys; from experiments import benchmark; "
+                "print(benchmark._RESULT_PREFIX + json.dumps(benchmark.scaling_worker("
+                "json.loads(sys.argv[1]))), flush=True)")
+_MIB = 2**20
+PROGRAMS = ("pretrain", "rl")
+
+
+def mesh_shapes(devices: int, params_sizes) -> list[tuple[int, int]]:
+  """The (data, params) shapes of the meshes over `devices` devices.
+
+  Args:
+    devices: the number of devices K.
+    params_sizes: sizes p of the "params" axis, ints or "all" (p = K); those that do not divide K
+      are left out.
+
+  Returns:
+    [(K // p, p)] in the order of `params_sizes`, without repeats.
+  """
+  shapes = []
+  for size in params_sizes:
+    params = devices if size == "all" else int(size)
+    if devices % params == 0 and (devices // params, params) not in shapes:
+      shapes.append((devices // params, params))
+  return shapes
+
+
+def _abstract(tree, shardings):
+  """`jax.ShapeDtypeStruct`s of `tree`'s leaves with `shardings` (a matching tree, or one sharding
+  for every leaf): enough to lower and compile a program without allocating its arguments."""
+  def leaf(x, s):
+    return jax.ShapeDtypeStruct(x.shape, jax.dtypes.canonicalize_dtype(x.dtype), sharding=s)
+  if isinstance(shardings, jax.sharding.Sharding):
+    return jax.tree_util.tree_map(lambda x: leaf(x, shardings), tree)
+  return jax.tree_util.tree_map(leaf, tree, shardings)
+
+
+def _bytes_per_device(tree) -> int:
+  """Bytes that one device holds of `tree`, whose leaves carry NamedShardings (the largest shard,
+  which every device holds when shapes divide evenly)."""
+  return sum(math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
+             for x in jax.tree_util.tree_leaves(tree))
+
+
+def _init_on_mesh(init, mesh):
+  """`init()` computed straight into the shardings of `sharding.param_sharding` on `mesh`: unlike
+  `sharding.place_state(init())`, no device ever holds a whole copy, which would count in its
+  peak memory."""
+  return jax.jit(init, out_shardings=sharding.param_sharding(jax.eval_shape(init), mesh))()
+
+
+def _pretrain_program(model_fields: dict, batch_size: int, mesh, concrete: bool):
+  """The sharded pre-training step of task_config(model_fields, batch_size) on `mesh`.
+
+  Returns:
+    (jitted step, its arguments (state, tokens [B, L], positions [B, L], loss_mask [B, L]), B * L).
+    With `concrete` False the arguments are `jax.ShapeDtypeStruct`s, enough to compile.
+  """
+  config = task_config(model_fields, batch_size)
+  gpt = pretrain.model_config(config)
+  optimizer = pretrain.make_optimizer(config)
+  batch = tuple(pretrain.make_batch(config, 0))
+  init = lambda: pretrain.init_state(config, optimizer)
+  if concrete:
+    state = _init_on_mesh(init, mesh)
+    batch = jax.device_put(batch, sharding.batch_sharding(mesh))
+  else:
+    state = jax.eval_shape(init)
+    state = _abstract(state, sharding.param_sharding(state, mesh))
+    batch = _abstract(batch, sharding.batch_sharding(mesh))
+  step = sharding.shard_pretrain_step(gpt, optimizer, state, mesh)
+  # Jitted once more so that it can be lowered ahead of time; the shardings of the inner jit stay.
+  return jax.jit(step), (state, *batch), math.prod(batch[0].shape)
+
+
+def _rl_program(model_fields: dict, episodes: int, mesh, concrete: bool):
+  """The sharded RL iteration (one run, as in `measure_rl`) of `episodes` episodes on `mesh`.
+
+  Returns:
+    (jitted iteration, its arguments (state, beta, problems [B, P], critical [B, T], ref_params)).
+    With `concrete` False the arguments are `jax.ShapeDtypeStruct`s, enough to compile.
+  """
+  gpt, config, task = rl_setup(model_fields, episodes)
+  batch = rl.collect_batch(config, task, run_seed=0, iteration=0)
+  beta = np.float32(rl.run_beta(config))
+  episode_sharding = sharding.batch_sharding(mesh)
+
+  def init():  # the run's state and the reference parameters, as in measure_rl
+    key = jax.random.key(config.seed)
+    params = never_pad(model_lib.init_params(gpt, key))
+    return rl.init_state(params, config, key), params
+
+  if concrete:
+    state, ref_params = _init_on_mesh(init, mesh)
+    problems, critical = jax.device_put((batch.problems, batch.critical), episode_sharding)
+    beta = jax.device_put(beta, sharding.replicated(mesh))
+  else:
+    state, ref_params = (_abstract(t, sharding.param_sharding(t, mesh))
+                         for t in jax.eval_shape(init))
+    problems, critical = _abstract((batch.problems, batch.critical), episode_sharding)
+    beta = _abstract(beta, sharding.replicated(mesh))
+  iteration = sharding.shard_rl_iteration(gpt, config, task, state, mesh)
+  return jax.jit(iteration), (state, beta, problems, critical, ref_params)
+
+
+def _program(name: str, model_fields: dict, batch: int, mesh, concrete: bool):
+  """(jitted program, arguments) of the program `name`, one of PROGRAMS, on `mesh`."""
+  if name == "pretrain":
+    return _pretrain_program(model_fields, batch, mesh, concrete)[:2]
+  return _rl_program(model_fields, batch, mesh, concrete)
+
+
+def compiled_memory(jitted, args: tuple) -> dict:
+  """Per-device memory of `jitted(*args)` from XLA's `memory_analysis()`, compiled but not run.
+
+  Returns:
+    Bytes per device of the arguments, outputs, outputs aliasing arguments, temporaries and
+    generated code; their total (arguments + outputs - aliased + temporaries + code); XLA's own
+    peak estimate (None where the backend gives none); and the lowering and compile times in s.
+  """
+  start = time.perf_counter()
+  lowered = jitted.lower(*args)
+  lowered_at = time.perf_counter()
+  stats = lowered.compile().memory_analysis()
+  figures = dict(lower_s=lowered_at - start, compile_s=time.perf_counter() - lowered_at)
+  fields = dict(argument_bytes="argument_size_in_bytes", output_bytes="output_size_in_bytes",
+                alias_bytes="alias_size_in_bytes", temp_bytes="temp_size_in_bytes",
+                code_bytes="generated_code_size_in_bytes", xla_peak_bytes="peak_memory_in_bytes")
+  for key, attr in fields.items():
+    figures[key] = getattr(stats, attr, None) if stats is not None else None
+  parts = [figures[k] for k in ("argument_bytes", "output_bytes", "temp_bytes", "code_bytes")]
+  figures["total_bytes"] = (None if None in parts or figures["alias_bytes"] is None
+                            else sum(parts) - figures["alias_bytes"])
+  return figures
+
+
+def _device_peak(devices) -> int | None:
+  """The largest peak_bytes_in_use of `devices` since this process started; None where the
+  backend keeps no statistics (CPU)."""
+  stats = [device.memory_stats() for device in devices]
+  if any(s is None or "peak_bytes_in_use" not in s for s in stats):
+    return None
+  return max(s["peak_bytes_in_use"] for s in stats)
+
+
+def scaling_worker(spec: dict) -> dict:
+  """The scale-out measurements on the first spec["devices"] devices; run by `measure_scaling`.
+
+  Args:
+    spec: the devices K and reps, and
+      * kind "sweep": meshes ([data, params] pairs over K devices); pretrain (dict(model=fields,
+        batches=[B])); rl (dict(model=fields, episodes=B), or None); memory (dict(model=fields,
+        batch=B), or None): the throughput rows and the compiled memory of both PROGRAMS;
+      * kind "peak": mesh, program, model, batch: runs the program once and reads the devices'
+        peak memory.
+
+  Returns:
+    platform, device_kind, available (devices), and "skipped" (a note) when K exceeds them; else
+    for "sweep" rows pretrain, rl and memory, notes and parameters (per part), for "peak"
+    peak_bytes (None without device statistics).
+  """
+  available = jax.devices()
+  figures = dict(platform=available[0].platform, device_kind=available[0].device_kind,
+                 available=len(available))
+  count = spec["devices"]
+  if count > len(available):
+    return dict(figures, skipped=f"{count} devices skipped: {len(available)} available")
+  devices = available[:count]
+  log = functools.partial(print, file=sys.stderr, flush=True)
+  if spec["kind"] == "peak":
+    mesh = sharding.make_mesh(*spec["mesh"], devices=devices)
+    jitted, args = _program(spec["program"], spec["model"], spec["batch"], mesh, concrete=True)
+    jax.block_until_ready(jitted(*args))
+    return dict(figures, peak_bytes=_device_peak(devices))
+  figures.update(pretrain=[], rl=[], memory=[], notes=[], parameters={})
+  for data, params in spec["meshes"]:
+    mesh = sharding.make_mesh(data, params, devices=devices)
+    where = dict(devices=count, data=data, params=params)
+    for batch in spec["pretrain"]["batches"]:
+      if batch % data:
+        figures["notes"].append(f"pre-train batch {batch} skipped on {data}×{params}: the data "
+                                f"axis does not divide it")
+        continue
+      log(f"    pre-train step, {data}×{params} mesh, batch {batch}")
+      step, args, tokens = _pretrain_program(spec["pretrain"]["model"], batch, mesh, True)
+      seconds = timeit(lambda: step(*args), spec["reps"])
+      figures["parameters"]["pretrain"] = model_lib.num_params(args[0]["params"])
+      figures["pretrain"].append(dict(where, batch=batch, step_s=seconds,
+                                      tokens_per_s=tokens / seconds))
+    if spec["rl"]:
+      episodes = spec["rl"]["episodes"]
+      if episodes % data:
+        figures["notes"].append(f"RL batch {episodes} skipped on {data}×{params}: the data axis "
+                                f"does not divide it")
+      else:
+        log(f"    RL iteration, {data}×{params} mesh, {episodes} episodes")
+        iteration, args = _rl_program(spec["rl"]["model"], episodes, mesh, True)
+        seconds, (_, metrics) = time_compiled(iteration, args, spec["reps"])
+        # Counted as in measure_rl: the tokens actually generated.
+        generated = float(metrics["episode_length"]) * episodes
+        figures["parameters"]["rl"] = model_lib.num_params(args[0].params)
+        figures["rl"].append(dict(where, batch=episodes, step_s=seconds,
+                                  tokens_per_s=generated / seconds))
+    if spec["memory"]:
+      batch = spec["memory"]["batch"]
+      if batch % data:
+        figures["notes"].append(f"memory at batch {batch} skipped on {data}×{params}: the data "
+                                f"axis does not divide it")
+        continue
+      for program in PROGRAMS:
+        log(f"    compiling the {program} program for its memory, {data}×{params} mesh")
+        jitted, args = _program(program, spec["memory"]["model"], batch, mesh, concrete=False)
+        figures["parameters"]["memory"] = model_lib.num_params(args[-1] if program == "rl"
+                                                               else args[0]["params"])
+        figures["memory"].append(dict(where, program=program, batch=batch,
+                                      state_bytes=_bytes_per_device(args[0]),
+                                      **compiled_memory(jitted, args)))
+  return figures
+
+
+def _run_worker(spec: dict, extra_xla_flags: str = "") -> dict:
+  """`scaling_worker(spec)` in a fresh interpreter, whose CPU platform has spec["devices"]
+  simulated devices (GPUs and TPUs are left as they are).
+
+  Its progress lines go to this process's stderr.
+
+  Raises:
+    RuntimeError: when the worker fails.
+  """
+  env = dict(os.environ)
+  xla_flags = re.sub(r"--xla_force_host_platform_device_count=\S*", "", env.get("XLA_FLAGS", ""))
+  env["XLA_FLAGS"] = " ".join(
+      f for f in (xla_flags.strip(),
+                  f"--xla_force_host_platform_device_count={spec['devices']}", extra_xla_flags)
+      if f)
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO_ROOT, env.get("PYTHONPATH")) if p)
+  proc = subprocess.run([sys.executable, "-c", _WORKER_CODE, json.dumps(spec)], cwd=_REPO_ROOT,
+                        env=env, stdout=subprocess.PIPE, text=True, check=False)
+  results = [line for line in proc.stdout.splitlines() if line.startswith(_RESULT_PREFIX)]
+  if proc.returncode or not results:
+    raise RuntimeError(f"the scale-out worker on {spec['devices']} devices failed with exit status "
+                       f"{proc.returncode} (its error is above)")
+  return json.loads(results[-1][len(_RESULT_PREFIX):])
+
+
+def add_efficiency(rows: list[dict]) -> None:
+  """Adds tokens/s per device, and its ratio to the 1-device rate at the same batch (None without
+  a 1-device row): 1 is perfect strong scaling."""
+  single = {row["batch"]: row["tokens_per_s"] for row in rows if row["devices"] == 1}
+  for row in rows:
+    row["tokens_per_s_per_device"] = row["tokens_per_s"] / row["devices"]
+    base = single.get(row["batch"])
+    row["efficiency"] = row["tokens_per_s_per_device"] / base if base else None
+
+
+def measure_scaling(*, model: tuple[str, dict], batch_sizes, device_counts, params_sizes,
+                    reps: int, rl_model: tuple[str, dict] | None = None, rl_episodes: int = 8,
+                    memory_model: tuple[str, dict] | None = None, memory_batch: int = 8,
+                    extra_xla_flags: str = "", log=print) -> dict:
+  """The scale-out figures: one worker process per device count, then (on GPUs and TPUs only) one
+  per memory row that runs its program for the measured peak.
+
+  Args:
+    model: (name, architecture fields) of the pre-training throughput.
+    batch_sizes: global pre-training batches.
+    device_counts: numbers of devices K.
+    params_sizes: sizes of the "params" axis (ints or "all"), as in `mesh_shapes`.
+    reps: timed calls per measurement.
+    rl_model: (name, fields) whose RL iteration of `rl_episodes` episodes is also timed, or None.
+    memory_model: (name, fields) whose PROGRAMS are compiled at `memory_batch` for their memory
+      per device, or None.
+    extra_xla_flags: appended to every worker's XLA_FLAGS.
+    log: progress lines.
+
+  Returns:
+    A JSON-ready dict: platform, device_kind, simulated (CPU devices), cpu_count, the settings,
+    parameters, rows pretrain and rl (devices, data, params, batch, step_s, tokens_per_s,
+    tokens_per_s_per_device, efficiency), rows memory (devices, data, params, program, batch,
+    state_bytes and `compiled_memory`'s figures, measured_peak_bytes) and notes.
+  """
+  figures = dict(platform=None, device_kind=None, cpu_count=os.cpu_count(), model=model[0],
+                 batch_sizes=list(batch_sizes), device_counts=list(device_counts),
+                 params_sizes=list(params_sizes), reps=reps,
+                 rl_model=rl_model and rl_model[0], rl_episodes=rl_episodes,
+                 memory_model=memory_model and memory_model[0], memory_batch=memory_batch,
+                 parameters={}, pretrain=[], rl=[], memory=[], notes=[])
+  for count in device_counts:
+    meshes = mesh_shapes(count, params_sizes)
+    log(f"  {count} devices: " + ", ".join(f"{d}×{p}" for d, p in meshes) + " (data × params)")
+    spec = dict(kind="sweep", devices=count, meshes=meshes, reps=reps,
+                pretrain=dict(model=model[1], batches=list(batch_sizes)),
+                rl=rl_model and dict(model=rl_model[1], episodes=rl_episodes),
+                memory=memory_model and dict(model=memory_model[1], batch=memory_batch))
+    start = time.perf_counter()
+    out = _run_worker(spec, extra_xla_flags)
+    figures["platform"], figures["device_kind"] = out["platform"], out["device_kind"]
+    if "skipped" in out:
+      figures["notes"].append(out["skipped"])
+      continue
+    log(f"  {count} devices done in {time.perf_counter() - start:.0f} s")
+    figures["parameters"].update(out["parameters"])
+    for key in ("pretrain", "rl", "memory", "notes"):
+      figures[key] += out[key]
+  figures["simulated"] = figures["platform"] == "cpu"
+  for row in figures["memory"]:
+    row["measured_peak_bytes"] = None
+    if figures["simulated"]:
+      continue  # CPU devices keep no memory statistics
+    log(f"  running the {row['program']} program for its peak memory, {row['data']}×"
+        f"{row['params']} mesh")
+    spec = dict(kind="peak", devices=row["devices"], mesh=[row["data"], row["params"]],
+                program=row["program"], model=memory_model[1], batch=memory_batch)
+    row["measured_peak_bytes"] = _run_worker(spec, extra_xla_flags)["peak_bytes"]
+  add_efficiency(figures["pretrain"])
+  add_efficiency(figures["rl"])
+  return figures
+
+
+def _long_table(columns, rows: list[dict]) -> list[str]:
+  """One line per row; `columns` holds (header, format) pairs, right-aligned."""
+  widths = [max(len(header), 9) + 2 for header, _ in columns]
+  lines = ["".join(f"{header:>{w}}" for (header, _), w in zip(columns, widths))]
+  def cell(fmt, row):
+    try:
+      return fmt.format(**row)
+    except TypeError:  # None: not measured on this platform, or no 1-device row
+      return "-"
+  for row in rows:
+    lines.append("".join(f"{cell(fmt, row):>{w}}" for (_, fmt), w in zip(columns, widths)))
+  return lines
+
+
+def _mib(value) -> float | None:
+  return None if value is None else value / _MIB
+
+
+_THROUGHPUT_COLUMNS = (
+    ("devices", "{devices}"),
+    ("data×params", "{data}×{params}"),
+    ("batch", "{batch}"),
+    ("step s", "{step_s:.3f}"),
+    ("tokens/s", "{tokens_per_s:,.0f}"),
+    ("per device", "{tokens_per_s_per_device:,.0f}"),
+    ("efficiency", "{efficiency:.0%}"),
+)
+
+_MEMORY_COLUMNS = (
+    ("program", "{program}"),
+    ("devices", "{devices}"),
+    ("data×params", "{data}×{params}"),
+    ("state MiB", "{state:,.0f}"),
+    ("arguments", "{argument:,.0f}"),
+    ("outputs", "{output:,.0f}"),
+    ("temps", "{temp:,.0f}"),
+    ("total", "{total:,.0f}"),
+    ("XLA peak", "{xla_peak:,.0f}"),
+    ("measured peak", "{measured_peak:,.0f}"),
+    ("compile s", "{compile_s:.1f}"),
+)
+
+
+def format_scaling_report(figures: dict) -> str:
+  """The scale-out figures as tables: throughput per mesh and batch, then memory per device."""
+  if figures["simulated"]:
+    lines = [f"scale-out on simulated CPU devices: XLA host devices sharing this machine's "
+             f"{figures['cpu_count']} CPU cores,",
+             "so the figures show that sharding works and what it costs, not a speed-up."]
+  else:
+    lines = [f"scale-out on {figures['platform']} devices ({figures['device_kind']})."]
+  lines += ["mesh data×params: the batch is split over data, parameters and optimizer state over "
+            "params (FSDP);",
+            "efficiency: tokens/s per device over the 1-device rate at the same global batch."]
+  parameters = figures["parameters"]
+  if figures["pretrain"]:
+    lines += ["", f"pre-training step of {figures['model']} ({parameters.get('pretrain', 0):,} "
+                  f"parameters), best of {figures['reps']}:"]
+    lines += _long_table(_THROUGHPUT_COLUMNS, figures["pretrain"])
+  if figures["rl"]:
+    lines += ["", f"RL iteration of {figures['rl_model']} ({parameters.get('rl', 0):,} "
+                  f"parameters, {figures['rl_episodes']} episodes, tokens generated), best of "
+                  f"{figures['reps']}:"]
+    lines += _long_table(_THROUGHPUT_COLUMNS, figures["rl"])
+  if figures["memory"]:
+    measured = ("the devices' peak_bytes_in_use after one run" if not figures["simulated"]
+                else "none, CPU devices keep no statistics")
+    lines += ["", f"memory per device in MiB of {figures['memory_model']} "
+                  f"({parameters.get('memory', 0):,} parameters) at batch "
+                  f"{figures['memory_batch']}, from XLA's memory_analysis() of the compiled "
+                  f"programs (not run):",
+              "state: parameters and optimizer state; total: arguments + outputs - aliased + "
+              "temps + generated code;",
+              "XLA peak: XLA's peak_memory_in_bytes" + (
+                  " (on CPU it leaves out the temps)" if figures["simulated"] else "") +
+              f"; measured peak: {measured}."]
+    rows = [dict(row, **{key: _mib(row[f"{key}_bytes"]) for key in
+                         ("state", "argument", "output", "temp", "total", "xla_peak",
+                          "measured_peak")})
+            for row in figures["memory"]]
+    lines += _long_table(_MEMORY_COLUMNS, rows)
+  lines += [f"note: {note}" for note in figures["notes"]]
+  return "\n".join(lines)
+
+
 def _setting(flag, preset: dict, key: str):
   return preset[key] if flag.value is None else flag.value
 
@@ -470,6 +938,42 @@ def _validate_flags():
       raise ValueError(f"--{flag.name} must be >= 1, got {flag.value}")
   if _RECOMPUTE_TOKENS.value is not None and _RECOMPUTE_TOKENS.value < 0:
     raise ValueError(f"--recompute_tokens must be >= 0, got {_RECOMPUTE_TOKENS.value}")
+  if not _SCALING.value:
+    return
+  for flag, known in ((_SCALING_RL_MODEL, RL_MODELS), (_MEMORY_MODEL, MODELS)):
+    if flag.value and flag.value not in known:
+      raise ValueError(f"unknown --{flag.name} {flag.value!r}; choose from {list(known)} or ''")
+  for flag in (_BATCH_SIZES, _DEVICE_COUNTS):
+    _positive_ints(flag)
+  for size in _MESH_PARAMS.value:
+    if size != "all" and not (size.isdigit() and int(size) >= 1):
+      raise ValueError(f"--mesh_params takes integers >= 1 or 'all', got {size!r}")
+  for flag in (_SCALING_RL_BATCH, _MEMORY_BATCH):
+    if flag.value < 1:
+      raise ValueError(f"--{flag.name} must be >= 1, got {flag.value}")
+
+
+def _positive_ints(flag) -> list[int]:
+  """The values of a list flag as integers >= 1; ValueError otherwise."""
+  if not flag.value or not all(v.isdigit() and int(v) >= 1 for v in flag.value):
+    raise ValueError(f"--{flag.name} takes integers >= 1, got {','.join(flag.value)!r}")
+  return [int(v) for v in flag.value]
+
+
+def _scaling_figures() -> dict:
+  preset = MODELS[_SCALING_MODEL.value]
+  rl_model = memory_model = None
+  if _SCALING_RL_MODEL.value:
+    rl_model = (_SCALING_RL_MODEL.value, RL_MODELS[_SCALING_RL_MODEL.value]["model"])
+  if _MEMORY_MODEL.value:
+    memory_model = (_MEMORY_MODEL.value, MODELS[_MEMORY_MODEL.value]["model"])
+  print("scale-out section:", flush=True)
+  return measure_scaling(
+      model=(_SCALING_MODEL.value, preset["model"]), batch_sizes=_positive_ints(_BATCH_SIZES),
+      device_counts=_positive_ints(_DEVICE_COUNTS), params_sizes=_MESH_PARAMS.value,
+      reps=_setting(_REPS, preset, "reps"), rl_model=rl_model,
+      rl_episodes=_SCALING_RL_BATCH.value, memory_model=memory_model,
+      memory_batch=_MEMORY_BATCH.value, log=functools.partial(print, flush=True))
 
 
 def _benchmark_rl_models(peak: float) -> dict[str, dict]:
@@ -486,6 +990,9 @@ def _benchmark_rl_models(peak: float) -> dict[str, dict]:
 
 def main(_):
   _validate_flags()
+  # Before anything here touches a device: on GPUs and TPUs the workers need the devices' memory,
+  # which this process would otherwise claim.
+  scaling = _scaling_figures() if _SCALING.value else None
   print(f"device: {jax.devices()[0].device_kind}, {os.cpu_count()} CPU cores", flush=True)
   peak = measure_matmul_peak()
   results = {}
@@ -504,6 +1011,9 @@ def main(_):
     print("\n" + format_rl_report(rl_results))
   figures = dict(device=jax.devices()[0].device_kind, cpu_count=os.cpu_count(),
                  matmul_peak_gflops_per_s=peak, models=results, rl=rl_results)
+  if scaling is not None:
+    print("\n" + format_scaling_report(scaling))
+    figures["scaling"] = scaling
   if _JSON.value:
     with open(_JSON.value, "w") as f:
       json.dump(figures, f, indent=2)

@@ -7,15 +7,21 @@
 A run killed midway resumes from its latest checkpoint when started again with the same workdir;
 `--overwrite` starts afresh instead. `--export` writes the final parameters as a small model
 directory (what `evaluate --checkpoint` and the RL experiments load).
+
+Several devices: `--config.sharding.data=0` (see critical_kl/sharding.py); several hosts: the same
+command on every host with `--distributed` (see BUILD.md, "Several devices and hosts").
 """
 import os
 
+import jax
 from absl import flags
 from ml_collections import config_flags
 
 from critical_kl import checkpoints
+from critical_kl import distributed
 from critical_kl import evaluation
 from critical_kl import pretrain
+from critical_kl import sharding
 from experiments import _cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", _cli.config_path("pretrain_default"),
@@ -23,6 +29,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", _cli.config_path("pretrain_d
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints.", required=True)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete checkpoints already in --workdir.")
 _EXPORT = flags.DEFINE_string("export", None, "Write the final model to this new directory.")
+_cli.define_distributed_flags()
 
 
 def main(_):
@@ -30,16 +37,23 @@ def main(_):
   if _EXPORT.value and os.path.exists(_EXPORT.value) and not _OVERWRITE.value:
     raise ValueError(f"--export directory {_EXPORT.value} exists; add --overwrite to replace it")
   state = pretrain.train(config, _WORKDIR.value, overwrite=_OVERWRITE.value)
+  params = distributed.host_local(state["params"])  # a collective: every process calls it
+  if sharding.mesh_from_config(config) is not None:
+    # Plain host arrays: the exported model loads on any number of devices.
+    params = jax.device_get(params)
   gpt = pretrain.model_config(config)
   n = config.pretrain_max_digits
-  results = [evaluation.evaluate_suite(state["params"], gpt, d, "varying",
-                                       config.eval_num_examples, seed=config.seed)
-             for d in (n, n + 1)]
-  print(evaluation.format_table(results))
+  if distributed.is_main():
+    results = [evaluation.evaluate_suite(params, gpt, d, "varying", config.eval_num_examples,
+                                         seed=config.seed)
+               for d in (n, n + 1)]
+    print(evaluation.format_table(results))
   if _EXPORT.value:
-    checkpoints.export(_EXPORT.value, state["params"], pretrain.saved_config(config),
+    # Every process takes part in the save (Orbax synchronizes them); the main one writes.
+    checkpoints.export(_EXPORT.value, params, pretrain.saved_config(config),
                        overwrite=_OVERWRITE.value)
-    print(f"exported the model to {_EXPORT.value}")
+    if distributed.is_main():
+      print(f"exported the model to {_EXPORT.value}")
 
 
 if __name__ == "__main__":

@@ -67,3 +67,13 @@ def test_gae_is_not_differentiated():
   rewards, values, mask = (jnp.float32(x) for x in random_batch(seed=2))
   grad = jax.grad(lambda v: jnp.sum(advantages.gae(rewards, v, mask, 1.0, 0.95)[0]))(values)
   np.testing.assert_array_equal(grad, 0.0)
+
+
+def test_normalize_whitens_generated_tokens_only():
+  adv = jnp.array([[0.0, 1.0, 3.0, 9.0], [5.0, 2.0, 0.0, 0.0]])
+  mask = jnp.array([[0.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]])
+  out = np.asarray(advantages.normalize(adv, mask))
+  valid = np.array([1.0, 3.0, 5.0, 2.0])
+  expected = (valid - valid.mean()) / valid.std()
+  np.testing.assert_allclose(out[mask > 0], expected, rtol=1e-5)
+  np.testing.assert_array_equal(out[mask == 0], 0.0)

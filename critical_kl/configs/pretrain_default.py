@@ -1,4 +1,9 @@
-"""Pre-training on a 2-core CPU: a 3-layer, 128-wide GPT on 1..3-digit addition (minutes)."""
+"""Pre-training on a 2-core CPU: a 3-layer, 128-wide GPT on 1..3-digit addition (minutes).
+
+Several devices: `--config.sharding.data=0` splits each batch over all devices (batch_size must be
+a multiple of their number); `--config.sharding.params=2` also splits large parameters over pairs
+of devices (FSDP). See critical_kl/sharding.py and BUILD.md.
+"""
 import ml_collections
 
 
@@ -24,4 +29,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 250
   c.eval_every = 0  # print greedy accuracy at N and N+1 every this many steps (0: never)
   c.eval_num_examples = 200  # problems per accuracy figure printed during and after training
+  # Device mesh: data × params devices; data = 0 means all devices // params. 1 × 1: one device.
+  c.sharding = ml_collections.ConfigDict(dict(data=1, params=1))
   return c

@@ -2,6 +2,10 @@
 
 Whole-episode minibatches replace the authors' 2-token minibatches, so the learning rate is
 re-calibrated (see docs/rl.md for the calibration runs); everything else follows SPEC §5.
+
+Several devices: `--config.sharding.data=0` splits the runs (arms × seeds) over all devices, or the
+episodes of each collect when the runs do not divide evenly; `--config.sharding.params=2` also
+splits large parameters over pairs of devices (FSDP). See critical_kl/sharding.py and BUILD.md.
 """
 import ml_collections
 
@@ -25,6 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.failure_reward = -1.0
   c.gamma = 1.0
   c.lam = 0.95
+  c.normalize_advantages = False  # [ours] whiten advantages over the batch's generated tokens
   c.value_coef = 0.1
   c.entropy_coef = 0.0005
   c.use_kl = True
@@ -43,4 +48,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_every = 0  # evaluate every this many iterations besides before and after (0: never)
   c.critical_eval_problems = 64  # teacher-forced set for the critical-token probability
   c.checkpoint_every = 5
+  # Device mesh: data × params devices; data = 0 means all devices // params. 1 × 1: one device.
+  c.sharding = ml_collections.ConfigDict(dict(data=1, params=1))
   return c
