@@ -48,7 +48,7 @@ class LayerCache(NamedTuple):
   """Keys and values of one attention layer, each [B, n_head, S, head_dim].
 
   Heads before positions: each decoding step then contracts contiguous [S, head_dim] blocks; the
-  [B, S, H, D] layout made XLA transpose the whole cache at every step (4× slower on CPU).
+  [B, S, H, D] layout made XLA transpose the whole cache at every step (several times slower on CPU).
   """
   k: jnp.ndarray
   v: jnp.ndarray

@@ -1,7 +1,8 @@
 """RL fine-tuning on N + 1 digits from the shipped model, sized for a 2-core CPU (SPEC §4–§5).
 
 Whole-episode minibatches replace the authors' 2-token minibatches, so the learning rate is
-re-calibrated (see docs/rl.md for the calibration runs); everything else follows SPEC §5.
+re-calibrated (docs/results.md, section 3, has the calibration runs); everything else follows
+SPEC §5.
 
 Several devices: `--config.sharding.data=0` splits the runs (arms × seeds) over all devices, or the
 episodes of each collect when the runs do not divide evenly; `--config.sharding.params=2` also
@@ -21,7 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.num_iterations = 20
   c.episodes_per_collect = 50  # [paper] 50 episodes per collect, 1 update pass
   c.num_minibatches = 5  # [ours] minibatches of whole episodes
-  c.learning_rate = 3e-5  # [ours] whole-episode minibatches; 1e-4 did not improve (docs/results.md)
+  c.learning_rate = 3e-5  # [ours] whole-episode minibatches; 1e-4 and 3e-4 collapse (docs/results.md)
   c.grad_clip = 1.0
   c.loss = "a2c"  # or "ppo"
   c.clip_eps = 0.2
