@@ -145,12 +145,14 @@ def _policy_loss(params, gpt, config, minibatch):
                              loss_config(config))
 
 
-def make_iteration(gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict, task: Task):
+def make_iteration(gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict, task: Task,
+                   axis_name: str | None = None):
   """Returns iteration(state, beta, problems, critical, ref_params) → (state, metrics), ONE run.
 
   Shapes: problems [B, P], critical bool [B, T]; beta a scalar (vmappable). Metrics are scalars.
   The reference parameters are an argument, not a closure constant, so that they are not baked
-  into the compiled program.
+  into the compiled program. `axis_name`: the name of the vmapped runs axis, if any (see
+  `vmap_runs`).
   """
   optimizer = make_optimizer(config)
   loss_cfg = loss_config(config)
@@ -169,7 +171,7 @@ def make_iteration(gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict, 
     key, rollout_key, perm_key = jax.random.split(jax.random.wrap_key_data(state.key), 3)
     traj = sampling.rollout(state.params, gpt, problems, rollout_key,
                             max_new_tokens=task.max_new_tokens, temperature=config.temperature,
-                            failure_reward=config.failure_reward)
+                            failure_reward=config.failure_reward, axis_name=axis_name)
     traj, ref_logits = reference_pass(ref_params, gpt, traj, config)
     traj = traj.replace(critical=critical & (traj.mask > 0))
     weights = losses.prioritized_weights(traj.certainty, beta, config.intercept)
@@ -189,10 +191,20 @@ def make_iteration(gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict, 
   return iteration
 
 
+RUNS_AXIS = "runs"
+
+
+def vmap_runs(make, in_axes):
+  """jax.vmap over runs of `make(axis_name)`, naming the axis so that rollouts inside stop when
+  every run has finished (`sampling.rollout`'s `axis_name`) instead of selecting per step."""
+  return jax.vmap(make(RUNS_AXIS), in_axes=in_axes, axis_name=RUNS_AXIS)
+
+
 def make_runs_iteration(gpt, config, task):
   """The iteration vmapped over runs: state, beta [R], problems [R, B, P], critical [R, B, T];
   the reference parameters are shared by all runs."""
-  return jax.jit(jax.vmap(make_iteration(gpt, config, task), in_axes=(0, 0, 0, 0, None)))
+  make = lambda axis_name: make_iteration(gpt, config, task, axis_name)
+  return jax.jit(vmap_runs(make, in_axes=(0, 0, 0, 0, None)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,11 +214,13 @@ def make_runs_iteration(gpt, config, task):
 def make_runs_accuracy(gpt: model_lib.GPTConfig, max_new_tokens: int, temperature: float,
                        greedy: bool):
   """accuracy(params [R, ...], problems [B, P], key) → [R] share of problems solved."""
-  def accuracy(params, problems, key):
-    traj = sampling.rollout(params, gpt, problems, key, max_new_tokens=max_new_tokens,
-                            temperature=temperature, greedy=greedy)
-    return jnp.mean(traj.solved.astype(jnp.float32))
-  return jax.jit(jax.vmap(accuracy, in_axes=(0, None, None)))
+  def make(axis_name):
+    def accuracy(params, problems, key):
+      traj = sampling.rollout(params, gpt, problems, key, max_new_tokens=max_new_tokens,
+                              temperature=temperature, greedy=greedy, axis_name=axis_name)
+      return jnp.mean(traj.solved.astype(jnp.float32))
+    return accuracy
+  return jax.jit(vmap_runs(make, in_axes=(0, None, None)))
 
 
 class TeacherSet(NamedTuple):

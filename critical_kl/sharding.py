@@ -277,7 +277,8 @@ def shard_runs_iteration(gpt: model_lib.GPTConfig, config: ml_collections.Config
                                                          config.episodes_per_collect)
   params = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
                                   state.params)
-  vmapped = jax.vmap(rl.make_iteration(gpt, config, task), in_axes=(0, 0, 0, 0, None))
+  vmapped = rl.vmap_runs(lambda axis_name: rl.make_iteration(gpt, config, task, axis_name),
+                         in_axes=(0, 0, 0, 0, None))
   step = jax.jit(vmapped,
                  in_shardings=(state_shardings, per_run, per_episode, per_episode,
                                param_sharding(params, mesh)),

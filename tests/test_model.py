@@ -61,3 +61,23 @@ def test_positions_shift_the_output():
 def test_bad_config_raises():
   with pytest.raises(ValueError, match="divisible"):
     model_lib.GPTConfig(n_embd=10, n_head=3)
+
+
+def _batched_causal_attention(q, k, v):
+  length = q.shape[2]
+  visible = jnp.arange(length)[None, :] <= jnp.arange(length)[:, None]
+  scores = jnp.where(visible, jnp.einsum("bhtd,bhsd->bhts", q, k), -1e30)
+  return jnp.einsum("bhts,bhsd->bthd", jax.nn.softmax(scores, axis=-1), v)
+
+
+def test_row_wise_causal_attention_matches_batched_with_gradients():
+  q, k, v = jax.random.normal(jax.random.key(0), (3, 4, 2, 7, 5))
+  row_loop = jax.default_backend() == "cpu" and jax.device_count() == 1
+  assert ("scan" in str(jax.make_jaxpr(model_lib.causal_attention)(q, k, v))) == row_loop
+  np.testing.assert_allclose(model_lib.causal_attention(q, k, v),
+                             _batched_causal_attention(q, k, v), atol=1e-5)
+  loss = lambda f: lambda *qkv: jnp.sum(jnp.sin(f(*qkv)))
+  ours = jax.grad(loss(model_lib.causal_attention), argnums=(0, 1, 2))(q, k, v)
+  theirs = jax.grad(loss(_batched_causal_attention), argnums=(0, 1, 2))(q, k, v)
+  for a, b in zip(ours, theirs):
+    np.testing.assert_allclose(a, b, atol=1e-5)

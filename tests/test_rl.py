@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -11,6 +12,8 @@ from critical_kl import checkpoints
 from critical_kl import finetune
 from critical_kl import rl
 from critical_kl.configs import rl_default
+from test_sampling import loop_predicate_shapes  # tests/ is on sys.path under pytest
+
 
 def tiny_config(model_path, **overrides):
   c = rl_default.get_config()
@@ -96,3 +99,19 @@ def test_ppo_with_kl_in_reward_runs(tiny_model, tmp_path):
                           str(tmp_path), {"prioritized": 150.0}, log=lambda _: None)
   run = out["history"][0]["runs"][0]
   assert np.isfinite(run["clip_fraction"]) and np.isfinite(run["approx_kl"])
+
+
+def test_runs_share_one_rollout_loop(tiny_model):
+  """Vmapped over runs, the rollout loops stop on one predicate for all runs: a per-run predicate
+  makes XLA select the whole KV cache at every decoding step (several times slower)."""
+  params, gpt, saved = checkpoints.load_model(tiny_model)
+  c = tiny_config(tiny_model)
+  task = rl.make_task(saved["pretrain_max_digits"], c.extra_digits)
+  batch = rl.stack([rl.collect_batch(c, task, seed, 0) for seed in range(2)])
+  state = rl.stack([rl.init_state(params, c, jax.random.key(seed)) for seed in range(2)])
+  iteration = jax.make_jaxpr(rl.make_runs_iteration(gpt, c, task))(
+      state, jnp.zeros(2), batch.problems, batch.critical, params)
+  accuracy = jax.make_jaxpr(rl.make_runs_accuracy(gpt, task.max_new_tokens, 1.0, True))(
+      state.params, jax.tree_util.tree_map(lambda x: x[0], batch.problems), jax.random.key(0))
+  assert loop_predicate_shapes(iteration.jaxpr) == [()]
+  assert loop_predicate_shapes(accuracy.jaxpr) == [()]

@@ -1,5 +1,6 @@
 """Rollouts: the JAX episode rules against a plain-Python reading of SPEC §4, and the sampler."""
 import jax
+from jax.extend import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -141,6 +142,39 @@ def test_greedy_is_deterministic_and_sampling_depends_on_key():
   np.testing.assert_array_equal(run(jax.random.key(1), True), run(jax.random.key(2), True))
   np.testing.assert_array_equal(run(jax.random.key(1), False), run(jax.random.key(1), False))
   assert not np.array_equal(run(jax.random.key(1), False), run(jax.random.key(2), False))
+
+
+def loop_predicate_shapes(jaxpr) -> list[tuple]:
+  """Shapes of the predicates of every while loop (a batched one makes XLA select the whole
+  carry, KV cache included, at every step)."""
+  shapes = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "while":
+      shapes.append(eqn.params["cond_jaxpr"].jaxpr.outvars[0].aval.shape)
+    for sub in jax_core.jaxprs_in_params(eqn.params):
+      shapes += loop_predicate_shapes(sub)
+  return shapes
+
+
+def test_rollout_vmapped_over_runs_with_axis_name():
+  """Named runs axis: same episodes as one run at a time, and one loop predicate for all runs
+  (unnamed, vmap batches the predicate and XLA then selects the whole carry at every step)."""
+  keys = jax.random.split(jax.random.key(0), 2)
+  params = jax.vmap(lambda k: model_lib.init_params(TINY, k))(keys)
+  _, problems = _problems()
+  runs = lambda axis_name: jax.vmap(
+      lambda p, k: sampling.rollout(p, TINY, problems, k, max_new_tokens=30, temperature=2.0,
+                                    axis_name=axis_name),
+      axis_name="runs")
+  together = runs("runs")(params, keys)
+  for r in range(2):
+    alone = sampling.rollout(jax.tree_util.tree_map(lambda x: x[r], params), TINY, problems,
+                             keys[r], max_new_tokens=30, temperature=2.0)
+    np.testing.assert_array_equal(together.tokens[r], alone.tokens)
+    np.testing.assert_array_equal(together.lengths[r], alone.lengths)
+    np.testing.assert_allclose(together.logp[r], alone.logp, atol=1e-5)
+  assert loop_predicate_shapes(jax.make_jaxpr(runs("runs"))(params, keys).jaxpr) == [()]
+  assert loop_predicate_shapes(jax.make_jaxpr(runs(None))(params, keys).jaxpr) == [(2,)]
 
 
 def test_context_overflow_and_bad_temperature_raise():
