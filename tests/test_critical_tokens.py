@@ -86,6 +86,9 @@ def test_certainty_gap_by_hand():
   np.testing.assert_allclose(gap["by_name"]["n+1_digit"]["mean"], (digit_1 + digit_2) / 2)
   # Non-critical: 1.0 − 2.2/3, 0.9 − 2.3/3, and twice 1.0 − 0.8 = 0.2; the smallest is 0.1333.
   np.testing.assert_allclose(gap["min_non_critical"], 0.9 - 2.3 / 3)
+  others = [1.0 - 2.2 / 3, 0.9 - 2.3 / 3, 0.2, 0.2]
+  assert gap["non_critical"]["count"] == 4
+  np.testing.assert_allclose(gap["non_critical"]["mean"], np.mean(others))
   assert gap["num_completions"] == 2
 
 

@@ -1,12 +1,13 @@
-"""The shipped model: pre-trained on 1..5 digits on a 2-core CPU, to show the paper's phenomenon.
+"""The shipped model, first phase: pre-trained on 1..5 digits on a 2-core CPU (paper's phenomenon).
 
 Same architecture family as the default (nanoGPT, 3 layers, 128 wide) with N = 5 and longer
 training, so that non-critical tokens become near-certain while the (N+1)-th digit stays uncertain.
 Random start positions [ours, SPEC §3] make copying relative, which turns "cannot read a longer
 prompt" into the paper's critical-token failure.
 
-  python -m experiments.pretrain --config=critical_kl/configs/phenomenon.py \
-      --workdir=runs/phenomenon --export=critical_kl/pretrained/addition_n5
+  python -m experiments.pretrain --config=critical_kl/configs/phenomenon.py --workdir=runs/phenomenon
+
+The second phase, `phenomenon_anneal.py`, resumes this workdir and exports the shipped model.
 """
 from critical_kl.configs import pretrain_default
 
