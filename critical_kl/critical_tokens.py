@@ -189,8 +189,10 @@ def certainty_gap(certainty: Sequence[np.ndarray], critical_names: Sequence[np.n
     critical: dict(mean, std, count) of ΔĴ over all critical tokens of all completions;
     by_name: the same for each critical token name (e.g. "n+1_digit", "n+1_comma");
     non_critical: dict(mean, std, count) of ΔĴ over non-critical tokens. [ours] With a few
-      critical tokens among hundreds, a mean is of the order of the paper's "smallest value over
-      non-critical tokens" (+0.0002..+0.0012), which a per-token minimum cannot be; both are given;
+      less certain critical tokens among hundreds, this mean is small and positive by
+      construction, of the order of the paper's "smallest value over non-critical tokens"
+      (+0.0002..+0.0012); the per-token minimum below is positive only when every non-critical
+      token is at least as certain as its completion's average. Both are reported;
     min_non_critical: the smallest ΔĴ over non-critical tokens (None if there are none);
     num_completions: n.
   """

@@ -1,4 +1,4 @@
-"""The phenomenon recipe, re-trained small (slow: about 20 minutes on 2 CPU cores).
+"""The phenomenon recipe, re-trained small (slow: about 17 minutes on 2 CPU cores).
 
 Pre-trains the default architecture on 1..3 digits with random start positions in the shipped
 model's two phases (`phenomenon.py`, then `phenomenon_anneal.py` resuming the same workdir at a
