@@ -1,8 +1,8 @@
 """The phenomenon recipe, re-trained small (slow: about 17 minutes on 2 CPU cores).
 
 Pre-trains the default architecture on 1..3 digits with random start positions in the shipped
-model's two phases (`phenomenon.py`, then `phenomenon_anneal.py` resuming the same workdir at a
-lower rate) and checks the direction of the shipped model's targets: near-perfect at N, worse at
+model's first two phases (`phenomenon.py`, then `phenomenon_anneal.py` resuming the same workdir at
+a lower rate; the third phase only resumes that config for longer) and checks the direction of the shipped model's targets: near-perfect at N, worse at
 N+1, and a negative certainty gap ΔĴ on critical tokens as in the paper's Table 1.
 Run with `python -m pytest -m slow tests/test_phenomenon_slow.py`.
 """

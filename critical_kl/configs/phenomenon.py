@@ -7,7 +7,7 @@ prompt" into the paper's critical-token failure.
 
   python -m experiments.pretrain --config=critical_kl/configs/phenomenon.py --workdir=runs/phenomenon
 
-The second phase, `phenomenon_anneal.py`, resumes this workdir and exports the shipped model.
+The later phases, `phenomenon_anneal.py`, resume this workdir and export the shipped model.
 """
 from critical_kl.configs import pretrain_default
 

@@ -16,7 +16,7 @@ def get_config():
   # (docs/results.md, section 3).
   c.episodes_per_collect = 20
   c.num_minibatches = 4
-  c.num_iterations = 20  # about 29 s per collect for the 10 runs on 2 cores (docs/results.md)
+  c.num_iterations = 20  # 26-29 s per collect for the 10 runs on 2 cores (docs/results.md)
   c.eval_episodes = 100  # [paper] 100 test episodes
   c.critical_eval_problems = 32
   c.checkpoint_every = 3
