@@ -4,14 +4,24 @@ A training directory `workdir/checkpoints/<step>/` holds two items: `state` (a p
 optimizer state, step and PRNG key data) and `config` (the run's config as JSON, so that a checkpoint
 is never loaded into a model of another shape). An exported model (what the package ships) holds
 `params` and `config` only.
+
+Whatever can be wrong with a checkpoint on disk (a missing or damaged file, a config that does not
+parse or describes another model) is raised as one `CheckpointError` naming the path and the
+problem, not as Orbax's or TensorStore's own exceptions.
 """
+import contextlib
+import gc
 import json
 import os
+import shutil
+import sys
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from critical_kl import distributed
+from critical_kl import divergence
 from critical_kl import model as model_lib
 
 
@@ -24,6 +34,20 @@ class CheckpointError(ValueError):
   """A checkpoint is missing or does not match the requested config."""
 
 
+def prepare_workdir(workdir: str, overwrite: bool) -> str:
+  """Returns the checkpoint directory `workdir/checkpoints`; with `overwrite`, removes earlier
+  checkpoints first.
+
+  Across processes (sharing the directory) only the main one removes, and all wait for it.
+  """
+  ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if overwrite and os.path.isdir(ckpt_dir) and distributed.is_main():
+    shutil.rmtree(ckpt_dir)
+  distributed.sync("prepare_workdir")
+  os.makedirs(ckpt_dir, exist_ok=True)
+  return ckpt_dir
+
+
 def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                          enable_async_checkpointing=False)
@@ -32,25 +56,95 @@ def manager(directory: str, max_to_keep: int = 2) -> ocp.CheckpointManager:
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, config: dict) -> None:
+  """Saves `state` as checkpoint `step`.
+
+  Raises:
+    divergence.DivergenceError: when `state` holds a NaN or an infinity; nothing is written, so
+      the latest checkpoint stays the last finite one.
+  """
+  if not divergence.all_finite(state):
+    latest = mngr.latest_step()
+    raise divergence.DivergenceError(
+        f"step {step}: the parameters or optimizer state are not finite; not saved (last good "
+        f"checkpoint: {'none' if latest is None else os.path.join(mngr.directory, str(latest))})")
   mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                           config=ocp.args.JsonSave(config)))
   mngr.wait_until_finished()
 
 
-def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any, config: dict):
+@contextlib.contextmanager
+def _one_error_only():
+  """Orbax reads the arrays of a checkpoint in concurrent coroutines; when a damaged file makes
+  several fail, the first error is raised and the others surface later as "Exception ignored"
+  tracebacks. Inside this context those echoes are dropped; the raised error is kept."""
+  previous = sys.unraisablehook
+  sys.unraisablehook = lambda _: None
+  try:
+    yield
+  finally:
+    gc.collect()
+    sys.unraisablehook = previous
+
+
+def _reason(error: Exception) -> str:
+  """The first line of an exception, short enough for a one-line message."""
+  lines = str(error).strip().splitlines()
+  # TensorStore appends a dump of its spec to the sentence that matters.
+  text = (lines[0] if lines else "").split(" See full TensorStore details")[0]
+  return f"{type(error).__name__}: {text[:240]}"
+
+
+def _restore_step(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, config: dict):
+  """Restores checkpoint `step`; CheckpointError if it is damaged or of another model."""
+  where = os.path.join(mngr.directory, str(step))
+  try:
+    saved = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+  except Exception as e:  # pylint: disable=broad-except  (any failure means: damaged)
+    raise CheckpointError(f"checkpoint {where} is damaged: its config cannot be read "
+                          f"({_reason(e)})") from e
+  check_same_model(saved, config, where)
+  try:
+    with _one_error_only():
+      restored = mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state)))
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f"checkpoint {where} is damaged: its state cannot be restored "
+                          f"({_reason(e)})") from e
+  return restored["state"]
+
+
+def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any, config: dict,
+                   resume_previous: bool = False, log=print):
   """Restores the latest state, or returns None when the directory has no checkpoint.
 
-  Raises CheckpointError when the saved config differs from `config` in any of `config`'s
-  architecture fields (a resumed run must be the same model).
+  Args:
+    mngr: the run's manager.
+    abstract_state: the state's structure (arrays or `jax.ShapeDtypeStruct`s, with shardings).
+    config: the run's saved config; its model fields must equal the checkpoint's.
+    resume_previous: when the latest checkpoint is damaged, delete it and restore the one before
+      (a run killed while the disk filled up, say) instead of raising.
+    log: where the fall-back is reported.
+
+  Raises:
+    CheckpointError: when the saved config differs from `config` in any of `config`'s
+      architecture fields (a resumed run must be the same model), or when the latest checkpoint
+      is damaged and `resume_previous` is False (or no earlier one is intact).
   """
-  step = mngr.latest_step()
-  if step is None:
-    return None
-  saved = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
-  check_same_model(saved, config, mngr.directory)
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state)))
-  return restored["state"]
+  steps = sorted(mngr.all_steps(), reverse=True)
+  for i, step in enumerate(steps):
+    try:
+      return _restore_step(mngr, step, abstract_state, config)
+    except CheckpointError as e:
+      if "damaged" not in str(e):
+        raise
+      if i + 1 == len(steps):
+        raise CheckpointError(f"{e}; no earlier checkpoint to resume from") from None
+      if not resume_previous:
+        raise CheckpointError(f"{e}; pass --resume_previous to delete it and resume from step "
+                              f"{steps[i + 1]}") from None
+      log(f"{e}; deleting it and resuming from step {steps[i + 1]}")
+      mngr.delete(step)
+  return None
 
 
 def check_same_model(saved: dict, wanted: dict, where) -> None:
@@ -72,10 +166,30 @@ def export(directory: str, params: Any, config: dict, overwrite: bool = False) -
 
 
 def load_config(directory: str) -> dict:
-  """The config saved with an exported model or with the latest step of a training directory."""
-  path = _model_dir(directory)
-  with open(os.path.join(path, "config", "metadata")) as f:
-    return json.load(f)
+  """The config saved with an exported model or with the latest step of a training directory.
+
+  Raises:
+    CheckpointError: when it is missing, does not parse, or is not a model's config.
+  """
+  path = os.path.join(_model_dir(directory), "config", "metadata")
+  try:
+    with open(path) as f:
+      config = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise CheckpointError(f"config {path} cannot be read ({_reason(e)})") from None
+  missing = [k for k in ("model", "pretrain_max_digits") if not isinstance(config, dict)
+             or k not in config]
+  if missing:
+    raise CheckpointError(f"config {path} is not a critical_kl model config (no "
+                          f"{', '.join(missing)})")
+  return config
+
+
+def _gpt_config(config: dict, path: str) -> model_lib.GPTConfig:
+  try:
+    return model_lib.GPTConfig(**config["model"])
+  except TypeError as e:
+    raise CheckpointError(f"config of {path} describes no critical_kl model ({_reason(e)})") from None
 
 
 def load_model(directory: str) -> tuple[Any, model_lib.GPTConfig, dict]:
@@ -83,10 +197,25 @@ def load_model(directory: str) -> tuple[Any, model_lib.GPTConfig, dict]:
 
   Returns:
     (params, GPTConfig, the full config dict saved with it).
+
+  Raises:
+    CheckpointError: naming the path, when the model is missing, damaged, or its arrays do not
+      match its config.
   """
   path = _model_dir(directory)
   config = load_config(path)
-  gpt_config = model_lib.GPTConfig(**config["model"])
+  gpt_config = _gpt_config(config, path)
+  try:
+    with _one_error_only():
+      return _restore_params(path, gpt_config), gpt_config, config
+  except CheckpointError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (Orbax and TensorStore raise many kinds)
+    raise CheckpointError(f"model {path} is damaged or does not match its config "
+                          f"({_reason(e)})") from e
+
+
+def _restore_params(path: str, gpt_config: model_lib.GPTConfig) -> Any:
   # On this process's first device: with several processes each restores its own full copy
   # (Orbax refuses a target without shardings when the topology differs from the saved one).
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
@@ -96,12 +225,14 @@ def load_model(directory: str) -> tuple[Any, model_lib.GPTConfig, dict]:
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
     if os.path.isdir(os.path.join(path, "params")):
       item = ckptr.restore(path, ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
-      return item["params"], gpt_config, config
+      return item["params"]
+    if not os.path.isdir(os.path.join(path, "state")):
+      raise CheckpointError(f"model {path} has neither params/ nor state/")
     state = {"params": abstract}
     restored = ckptr.restore(path, ocp.args.Composite(state=ocp.args.PyTreeRestore(
         state, restore_args=ocp.checkpoint_utils.construct_restore_args(state),
         partial_restore=True)))
-    return restored["state"]["params"], gpt_config, config
+    return restored["state"]["params"]
 
 
 def _model_dir(directory: str) -> str:

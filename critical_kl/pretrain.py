@@ -4,13 +4,17 @@ Next-token cross-entropy on completion tokens only (the prompt is masked), teach
 step draws fresh problems, each operand's length uniform in 1..N; the numpy generator of step s is
 seeded by (seed, s), so a resumed run sees exactly the batches an uninterrupted one would.
 
+[ours] With `config.held_out_digits = k > 0`, a share `config.held_out_fraction` of each batch is
+drawn from "RL on N+j" problems (j uniform in 1..k) whose critical decisions are held out of the
+loss: the critical tokens of SPEC §6 and the `]` that closes each critical run. Such a reference
+learns everything about longer numbers but when to stop copying an operand, the decision the paper
+finds uncertain; `config.init_checkpoint` starts from an exported model's parameters.
+
 With `config.sharding` (see `sharding`) the step runs on a device mesh. Across several processes
 each one draws the same problems but encodes only the rows its devices hold, so the global batch
 is the same for any number of processes.
 """
 import functools
-import os
-import shutil
 import time
 from typing import Any
 
@@ -23,6 +27,7 @@ import optax
 from critical_kl import arithmetic
 from critical_kl import checkpoints
 from critical_kl import distributed
+from critical_kl import divergence
 from critical_kl import evaluation
 from critical_kl import model as model_lib
 from critical_kl import sharding
@@ -47,11 +52,41 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"{name} must be >= 1, got {config[name]}")
   if config.learning_rate <= 0:
     raise ValueError(f"learning_rate must be > 0, got {config.learning_rate}")
+  if config.held_out_digits < 0 or not 0 <= config.held_out_fraction <= 1:
+    raise ValueError(f"held_out_digits must be >= 0 and held_out_fraction in [0, 1], got "
+                     f"{config.held_out_digits} and {config.held_out_fraction}")
   gpt = model_config(config)
-  needed = arithmetic.max_sequence_length(config.pretrain_max_digits)
+  needed = arithmetic.max_sequence_length(_longest_operand(config))
   if gpt.block_size < needed:
     raise ValueError(f"block_size {gpt.block_size} cannot hold a {config.pretrain_max_digits}-digit "
                      f"problem ({needed} tokens)")
+
+
+def _longest_operand(config: ml_collections.ConfigDict) -> int:
+  return config.pretrain_max_digits + config.held_out_digits
+
+
+def _sample_problems(config: ml_collections.ConfigDict, rng: np.random.Generator):
+  """The operands [B, 2] of one batch and bool [B]: the row is a held-out-decision problem."""
+  n, batch = config.pretrain_max_digits, config.batch_size
+  operands = arithmetic.sample_balanced(rng, batch, n)
+  longer = np.zeros(batch, bool)
+  if config.held_out_digits:
+    longer = rng.random(batch) < config.held_out_fraction
+    gaps = rng.integers(1, config.held_out_digits + 1, size=batch)
+    for gap in range(1, config.held_out_digits + 1):
+      rows = longer & (gaps == gap)
+      operands[rows] = arithmetic.sample_rl(rng, int(rows.sum()), n, gap)
+  return operands, longer
+
+
+def held_out_mask(a: int, b: int, n_max: int) -> np.ndarray:
+  """bool [len(scratchpad(a, b))]: the critical tokens and the `]` closing each critical run."""
+  completion = arithmetic.scratchpad(a, b)
+  mask = arithmetic.critical_mask(a, b, n_max)
+  after = np.flatnonzero(mask) + 1
+  mask[after[[completion[i] == "]" for i in after]]] = True
+  return mask
 
 
 def make_batch(config: ml_collections.ConfigDict, step: int, rows: np.ndarray | None = None):
@@ -61,20 +96,25 @@ def make_batch(config: ml_collections.ConfigDict, step: int, rows: np.ndarray | 
   equals make_batch(c, s)[rows], row by row; only the chosen rows are encoded.
 
   Returns:
-    tokens int32 [R, L], positions int32 [R, L], loss_mask float32 [R, L] (1 on completion tokens),
-    with L the longest N-digit problem and R = len(rows) (B by default).
+    tokens int32 [R, L], positions int32 [R, L], loss_mask float32 [R, L] (1 on completion tokens
+    but held-out decisions), with L the longest problem (N + held_out_digits digits) and
+    R = len(rows) (B by default).
   """
   rng = np.random.default_rng([config.seed, step])
-  operands = arithmetic.sample_balanced(rng, config.batch_size, config.pretrain_max_digits)
+  operands, longer = _sample_problems(config, rng)
   if rows is not None:
-    operands = operands[rows]
+    operands, longer = operands[rows], longer[rows]
   prompts = [arithmetic.prompt(int(a), int(b)) for a, b in operands]
   texts = [p + arithmetic.scratchpad(int(a), int(b)) for p, (a, b) in zip(prompts, operands)]
-  length = arithmetic.max_sequence_length(config.pretrain_max_digits)
+  length = arithmetic.max_sequence_length(_longest_operand(config))
   tokens, lengths = tokenizer.encode_batch(texts, length=length)
   prompt_lengths = np.array([len(p) for p in prompts])
   index = np.arange(length)[None, :]
   loss_mask = (index >= prompt_lengths[:, None]) & (index < lengths[:, None])
+  for row in np.flatnonzero(longer):
+    a, b = (int(x) for x in operands[row])
+    held = np.flatnonzero(held_out_mask(a, b, config.pretrain_max_digits))
+    loss_mask[row, prompt_lengths[row] + held] = False
   offsets = np.zeros((len(texts), 1), np.int64)
   if config.random_start_positions:
     offsets = rng.integers(0, model_config(config).block_size - length + 1,
@@ -113,8 +153,16 @@ def make_train_step(gpt: model_lib.GPTConfig, optimizer: optax.GradientTransform
 
 
 def init_state(config: ml_collections.ConfigDict, optimizer) -> dict[str, Any]:
+  """A fresh state; its parameters are those of `config.init_checkpoint` when it is set."""
   key, init_key = jax.random.split(jax.random.key(config.seed))
-  params = model_lib.init_params(model_config(config), init_key)
+  if config.init_checkpoint:
+    params, gpt, _ = checkpoints.load_model(config.init_checkpoint)
+    if gpt != model_config(config):
+      raise checkpoints.CheckpointError(
+          f"init_checkpoint {config.init_checkpoint} is a {gpt}, not the configured "
+          f"{model_config(config)}")
+  else:
+    params = model_lib.init_params(model_config(config), init_key)
   return dict(params=params, opt_state=optimizer.init(params), step=jnp.int32(0),
               key=jax.random.key_data(key))
 
@@ -124,19 +172,6 @@ def saved_config(config: ml_collections.ConfigDict) -> dict:
   d = config.to_dict()
   d["model"] = dict(vars(model_config(config)))
   return d
-
-
-def prepare_workdir(workdir: str, overwrite: bool) -> str:
-  """Returns the checkpoint directory; with `overwrite`, removes earlier checkpoints first.
-
-  Across processes (sharing the directory) only the main one removes, and all wait for it.
-  """
-  ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if overwrite and os.path.isdir(ckpt_dir) and distributed.is_main():
-    shutil.rmtree(ckpt_dir)
-  distributed.sync("prepare_workdir")
-  os.makedirs(ckpt_dir, exist_ok=True)
-  return ckpt_dir
 
 
 def progress_report(params, gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict) -> str:
@@ -149,15 +184,20 @@ def progress_report(params, gpt: model_lib.GPTConfig, config: ml_collections.Con
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False,
-          log=functools.partial(print, flush=True)) -> dict[str, Any]:
+          log=functools.partial(print, flush=True), resume_previous: bool = False
+          ) -> dict[str, Any]:
   """Pre-trains, checkpointing to `workdir/checkpoints`; resumes from the latest checkpoint.
 
   With `config.sharding`, runs on a device mesh (see `sharding`); only the main process logs.
+  `resume_previous`: when the latest checkpoint is damaged, resume from the one before.
 
   Returns the final state dict (on the mesh when there is one).
 
   Raises:
     ValueError: on a bad config, e.g. a batch size the data axis does not divide.
+    checkpoints.CheckpointError: when the latest checkpoint is damaged (see `resume_previous`).
+    divergence.DivergenceError: at the first step whose loss is not finite; no checkpoint is
+      written after the last finite step.
   """
   validate(config)
   mesh = sharding.mesh_from_config(config)
@@ -167,13 +207,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = Fal
     log = lambda *_: None
   gpt = model_config(config)
   optimizer = make_optimizer(config)
-  mngr = checkpoints.manager(prepare_workdir(workdir, overwrite))
+  mngr = checkpoints.manager(checkpoints.prepare_workdir(workdir, overwrite))
   saved = saved_config(config)
   state = init_state(config, optimizer)
   if mesh is not None:
     # Placed before restoring, so that Orbax restores each process's shards onto the mesh.
     state = sharding.place_state(state, mesh)
-  restored = checkpoints.restore_latest(mngr, state, saved)
+  restored = checkpoints.restore_latest(mngr, state, saved, resume_previous, log)
   if restored is not None:
     state = restored
     log(f"resumed from step {int(state['step'])} in {mngr.directory}")
@@ -186,18 +226,26 @@ def train(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = Fal
     batch = lambda step: sharding.global_batch(mesh, make_batch(config, step, rows),
                                                config.batch_size)
   start = int(state["step"])
-  t0, losses = time.time(), []
+  t0, losses = time.time(), []  # losses: (step, loss) since the last log line
   for step in range(start, config.num_steps):
     state, loss = train_step(state, *batch(step))
-    losses.append(loss)
+    losses.append((step + 1, loss))
     done = step + 1
+    save = done % config.checkpoint_every == 0 or done == config.num_steps
+    if save or done % config.log_every == 0:
+      # Checked where the loop waits for the device anyway; before any save.
+      bad = divergence.first_non_finite(losses)
+      if bad is not None:
+        raise divergence.DivergenceError(
+            f"step {bad[0]}: the pre-training loss is {bad[1]}; stopped, nothing saved after "
+            f"step {mngr.latest_step()} (in {mngr.directory})")
     if done % config.log_every == 0 or done == config.num_steps:
       rate = (done - start) / (time.time() - t0)
       eta = (config.num_steps - done) / rate
-      log(f"step {done}/{config.num_steps}  loss {float(np.mean(losses)):.4f}  "
+      log(f"step {done}/{config.num_steps}  loss {np.mean([float(l) for _, l in losses]):.4f}  "
           f"{rate:.2f} steps/s  ETA {eta / 60:.1f} min")
       losses = []
-    if done % config.checkpoint_every == 0 or done == config.num_steps:
+    if save:
       checkpoints.save(mngr, done, state, saved)
     if config.eval_every and done % config.eval_every == 0 and done < config.num_steps:
       params = distributed.host_local(state["params"])  # a collective: every process calls it

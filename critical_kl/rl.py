@@ -1,10 +1,10 @@
 """RL fine-tuning with a (prioritized) KL penalty: collect → reference pass → advantages → update.
 
-One iteration (SPEC §4–§5) is a pure function of (state, β, problems), jitted, and vmapped over
-*runs*: a run is one seed of one arm, and arms that differ only by β (standard KL is β = 0, since
-Ĵ^0 = 1) share the compiled function. Problems are drawn on the host by numpy, keyed by
-(seed, run seed, iteration), so a resumed run sees the same problems as an uninterrupted one, and
-the two arms of a comparison see the same problems for the same seed.
+One iteration (SPEC §4–§5) is a pure function of (state, arm, problems), jitted, and vmapped over
+*runs*: a run is one seed of one arm, and every arm (`arms`: the KL token-weight rule, a factor on
+α, a learning rate held in the optimizer state) shares the compiled function. Problems are drawn on
+the host by numpy, keyed by (seed, run seed, iteration), so a resumed run sees the same problems
+as an uninterrupted one, and the arms of a comparison see the same problems for the same seed.
 """
 import functools
 from typing import Any, NamedTuple
@@ -17,9 +17,11 @@ import optax
 
 from critical_kl import advantages as advantages_lib
 from critical_kl import arithmetic
+from critical_kl import arms as arms_lib
 from critical_kl import losses
 from critical_kl import model as model_lib
 from critical_kl import sampling
+from critical_kl import selectivity
 from critical_kl import tokenizer
 from critical_kl import trajectory as trajectory_lib
 
@@ -33,9 +35,17 @@ class RLState(NamedTuple):
 
 
 class Batch(NamedTuple):
-  """The problems of one collect: `problems` [B, P] and `critical` bool [B, T]."""
+  """The problems of one collect, on the episode buffer of T = P + max_new_tokens positions.
+
+  Attributes:
+    problems: `sampling.Problems`, prompts [B, P].
+    critical: bool [B, T], the buffer positions of the critical tokens of the correct completion.
+    correct: int32 [B, T], prompt + correct completion, −1 after it: the path an episode follows
+      while it makes no mistake.
+  """
   problems: sampling.Problems
   critical: np.ndarray
+  correct: np.ndarray
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -47,6 +57,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"unknown certainty method {config.certainty_method!r}; valid: "
                      f"{', '.join(losses.CERTAINTY_METHODS)}")
   checks = {"beta": config.beta >= 0, "intercept": config.intercept <= 0,
+            "grad_clip": config.grad_clip >= 0,
             "certainty_temperature": config.certainty_temperature > 0,
             "learning_rate": config.learning_rate > 0, "extra_digits": config.extra_digits >= 1,
             "num_iterations": config.num_iterations >= 1, "num_seeds": config.num_seeds >= 1,
@@ -64,11 +75,6 @@ def loss_config(config: ml_collections.ConfigDict) -> losses.LossConfig:
       estimator=config.estimator, kl_coef=config.kl_coef, value_coef=config.value_coef,
       entropy_coef=config.entropy_coef, temperature=config.temperature,
       clip_eps=config.clip_eps, kl_in_reward=config.kl_in_reward, use_kl=config.use_kl)
-
-
-def run_beta(config: ml_collections.ConfigDict) -> float:
-  """The β of a run: 0 (all weights 1, the standard KL) unless the KL is prioritized."""
-  return float(config.beta) if config.prioritized else 0.0
 
 
 class Task(NamedTuple):
@@ -98,7 +104,26 @@ def critical_positions(operands: np.ndarray, n_max: int, prompt_lengths, total: 
 def make_batch(operands: np.ndarray, task: Task) -> Batch:
   problems = sampling.encode_problems(operands, task.prompt_length)
   total = task.prompt_length + task.max_new_tokens
-  return Batch(problems, critical_positions(operands, task.n_max, problems.prompt_lengths, total))
+  texts = [arithmetic.prompt(int(a), int(b)) + arithmetic.scratchpad(int(a), int(b))
+           for a, b in operands]
+  correct, lengths = tokenizer.encode_batch(texts, length=total)
+  correct = np.where(np.arange(total)[None, :] < lengths[:, None], correct, -1).astype(np.int32)
+  return Batch(problems, critical_positions(operands, task.n_max, problems.prompt_lengths, total),
+               correct)
+
+
+def on_correct_path(tokens, correct, mask) -> jnp.ndarray:
+  """bool [B, T]: every generated token before position t equals the correct completion's.
+
+  A critical position counts as one only while this holds: after an early mistake the episode's
+  text there is something else (SPEC §6, selectivity on sampled episodes).
+
+  Args:
+    tokens: int32 [B, T], the episodes; correct: int32 [B, T], `Batch.correct`; mask: [B, T],
+      1 on generated tokens.
+  """
+  wrong = ((mask > 0) & (tokens != correct)).astype(jnp.int32)
+  return (jnp.cumsum(wrong, axis=1) - wrong) == 0
 
 
 def collect_batch(config: ml_collections.ConfigDict, task: Task, run_seed: int,
@@ -115,12 +140,26 @@ def stack(items):
   return jax.tree_util.tree_map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *items)
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  return optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.adam(config.learning_rate))
+def make_optimizer(config: ml_collections.ConfigDict,
+                   learning_rate: float | None = None) -> optax.GradientTransformation:
+  """Adam with the learning rate as a leaf of its state (`optax.inject_hyperparams`), so that runs
+  of one vmapped program may each have their own; gradient clipping only when grad_clip > 0 (the
+  authors' code clips nothing).
+
+  The rate given here is the one `init` stores; `update` reads it from the state.
+  """
+  rate = config.learning_rate if learning_rate is None else learning_rate
+  adam = optax.inject_hyperparams(optax.adam)(learning_rate=rate)
+  if not config.grad_clip:
+    return adam
+  return optax.chain(optax.clip_by_global_norm(config.grad_clip), adam)
 
 
-def init_state(params, config: ml_collections.ConfigDict, key: jax.Array) -> RLState:
-  return RLState(params, make_optimizer(config).init(params), jax.random.key_data(key))
+def init_state(params, config: ml_collections.ConfigDict, key: jax.Array,
+               learning_rate: float | None = None) -> RLState:
+  """A run's state; `learning_rate` (default the config's) is kept in its optimizer state."""
+  return RLState(params, make_optimizer(config, learning_rate).init(params),
+                 jax.random.key_data(key))
 
 
 def reference_pass(ref_params, gpt: model_lib.GPTConfig, traj: trajectory_lib.Trajectory,
@@ -145,11 +184,18 @@ def _policy_loss(params, gpt, config, minibatch):
                              loss_config(config))
 
 
+def kl_weights(arm: arms_lib.RunArms, certainty, critical_on_path, intercept) -> jnp.ndarray:
+  """The arm's KL token weights [B, T] before its α factor: Ĵ^β, or the oracle's critical mask."""
+  oracle = 1.0 - critical_on_path.astype(jnp.float32)
+  return jnp.where(arm.oracle, oracle, losses.prioritized_weights(certainty, arm.beta, intercept))
+
+
 def make_iteration(gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict, task: Task,
                    axis_name: str | None = None):
-  """Returns iteration(state, beta, problems, critical, ref_params) → (state, metrics), ONE run.
+  """Returns iteration(state, arm, batch, ref_params) → (state, metrics), ONE run.
 
-  Shapes: problems [B, P], critical bool [B, T]; beta a scalar (vmappable). Metrics are scalars.
+  Shapes: `arm` a `arms.RunArms` of scalars (vmappable), `batch` a `Batch` (problems [B, P],
+  critical and correct [B, T]). Metrics are scalars.
   The reference parameters are an argument, not a closure constant, so that they are not baked
   into the compiled program. `axis_name`: the name of the vmapped runs axis, if any (see
   `vmap_runs`).
@@ -167,14 +213,17 @@ def make_iteration(gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict, 
     (params, opt_state), metrics = jax.lax.scan(step, (state.params, state.opt_state), minibatches)
     return params, opt_state, jax.tree_util.tree_map(jnp.mean, metrics)
 
-  def iteration(state: RLState, beta, problems: sampling.Problems, critical, ref_params):
+  def iteration(state: RLState, arm: arms_lib.RunArms, batch: Batch, ref_params):
+    problems = batch.problems
     key, rollout_key, perm_key = jax.random.split(jax.random.wrap_key_data(state.key), 3)
     traj = sampling.rollout(state.params, gpt, problems, rollout_key,
                             max_new_tokens=task.max_new_tokens, temperature=config.temperature,
                             failure_reward=config.failure_reward, axis_name=axis_name)
     traj, ref_logits = reference_pass(ref_params, gpt, traj, config)
-    traj = traj.replace(critical=critical & (traj.mask > 0))
-    weights = losses.prioritized_weights(traj.certainty, beta, config.intercept)
+    traj = traj.replace(critical=batch.critical & (traj.mask > 0)
+                        & on_correct_path(traj.tokens, batch.correct, traj.mask))
+    unscaled = kl_weights(arm, traj.certainty, traj.critical, config.intercept)
+    weights = arm.kl_scale * unscaled
     rewards = traj.rewards + losses.kl_reward_penalty(traj, weights, loss_cfg)
     adv, ret = advantages_lib.gae(rewards, traj.values, traj.mask, config.gamma, config.lam)
     if config.normalize_advantages:
@@ -183,7 +232,9 @@ def make_iteration(gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict, 
     split = lambda x: x[order].reshape((config.num_minibatches, -1) + x.shape[1:])
     minibatches = jax.tree_util.tree_map(split, (traj, ref_logits, adv, ret, weights))
     params, opt_state, metrics = update(state, minibatches)
-    metrics = dict(metrics, success=jnp.mean(traj.solved.astype(jnp.float32)),
+    figures = selectivity.selectivity(unscaled, traj.critical, traj.mask)
+    metrics = dict(metrics, **{f"selectivity_{k}": v for k, v in figures.items()},
+                   success=jnp.mean(traj.solved.astype(jnp.float32)),
                    episode_length=jnp.mean(traj.lengths.astype(jnp.float32)),
                    max_length_share=jnp.mean(traj.termination == trajectory_lib.MAX_LENGTH))
     return RLState(params, opt_state, jax.random.key_data(key)), metrics
@@ -201,10 +252,10 @@ def vmap_runs(make, in_axes):
 
 
 def make_runs_iteration(gpt, config, task):
-  """The iteration vmapped over runs: state, beta [R], problems [R, B, P], critical [R, B, T];
-  the reference parameters are shared by all runs."""
+  """The iteration vmapped over runs: state, arm (`RunArms` [R]), batch ([R, B, ...]); the
+  reference parameters are shared by all runs."""
   make = lambda axis_name: make_iteration(gpt, config, task, axis_name)
-  return jax.jit(vmap_runs(make, in_axes=(0, 0, 0, 0, None)))
+  return jax.jit(vmap_runs(make, in_axes=(0, 0, 0, None)))
 
 
 # ---------------------------------------------------------------------------------------------

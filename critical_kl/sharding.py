@@ -190,20 +190,19 @@ def shard_rl_iteration(gpt: model_lib.GPTConfig, config: ml_collections.ConfigDi
     mesh: from `make_mesh`.
 
   Returns:
-    iteration(state, beta, problems [B, P], critical [B, T], ref_params) → (state, metrics), with
+    iteration(state, arm, batch, ref_params) → (state, metrics), as `rl.make_iteration`, with
     the episodes split along "data" and the parameters and optimizer state FSDP-sharded; B must
     be divisible by the data axis.
   """
   state_shardings = param_sharding(state, mesh)
-  batch = batch_sharding(mesh)
   step = jax.jit(rl.make_iteration(gpt, config, task),
-                 in_shardings=(state_shardings, replicated(mesh), batch, batch,
+                 in_shardings=(state_shardings, replicated(mesh), batch_sharding(mesh),
                                param_sharding(state.params, mesh)),
                  out_shardings=(state_shardings, replicated(mesh)))
 
-  def iteration(state, beta, problems, critical, ref_params):
-    check_batch(problems.prompts.shape[0], mesh)
-    return step(state, beta, problems, critical, ref_params)
+  def iteration(state, arm, batch, ref_params):
+    check_batch(batch.problems.prompts.shape[0], mesh)
+    return step(state, arm, batch, ref_params)
   return iteration
 
 
@@ -234,7 +233,7 @@ def runs_shardings(mesh: Mesh, state: rl.RLState, num_runs: int, episodes: int):
   """Shardings of the vmapped runs iteration's arguments.
 
   Returns:
-    (state, beta [R], per-episode arrays [R, B, ...]) shardings. Split over runs, each device
+    (state, per-run arrays [R] (the `arms.RunArms`), per-episode arrays [R, B, ...]) shardings. Split over runs, each device
     advances whole runs; split over episodes, every device holds every run and its share of each
     run's episodes. Parameters and optimizer state are FSDP-split along "params" either way.
   """
@@ -265,7 +264,7 @@ def shard_runs_iteration(gpt: model_lib.GPTConfig, config: ml_collections.Config
     mesh: from `make_mesh`.
 
   Returns:
-    iteration(state, beta [R], problems [R, B, P], critical [R, B, T], ref_params) →
+    iteration(state, arm (`arms.RunArms` [R]), batch (`rl.Batch` [R, B, ...]), ref_params) →
     (state, metrics [R] each, replicated), with "data" over the runs when R divides evenly, else
     over the episodes (`runs_split`); host numpy arguments are placed here.
 
@@ -278,9 +277,9 @@ def shard_runs_iteration(gpt: model_lib.GPTConfig, config: ml_collections.Config
   params = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
                                   state.params)
   vmapped = rl.vmap_runs(lambda axis_name: rl.make_iteration(gpt, config, task, axis_name),
-                         in_axes=(0, 0, 0, 0, None))
+                         in_axes=(0, 0, 0, None))
   step = jax.jit(vmapped,
-                 in_shardings=(state_shardings, per_run, per_episode, per_episode,
+                 in_shardings=(state_shardings, per_run, per_episode,
                                param_sharding(params, mesh)),
                  out_shardings=(state_shardings, replicated(mesh)))
 
@@ -290,9 +289,8 @@ def shard_runs_iteration(gpt: model_lib.GPTConfig, config: ml_collections.Config
       return x
     return jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x))
 
-  def iteration(state, beta, problems, critical, ref_params):
-    beta = place(beta, per_run)
-    problems, critical = jax.tree_util.tree_map(lambda x: place(x, per_episode),
-                                                (problems, critical))
-    return step(state, beta, problems, critical, ref_params)
+  def iteration(state, arm, batch, ref_params):
+    arm = jax.tree_util.tree_map(lambda x: place(x, per_run), arm)
+    batch = jax.tree_util.tree_map(lambda x: place(x, per_episode), batch)
+    return step(state, arm, batch, ref_params)
   return iteration

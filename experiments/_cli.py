@@ -10,6 +10,7 @@ from absl import logging
 import critical_kl.configs
 from critical_kl import checkpoints
 from critical_kl import distributed
+from critical_kl import divergence
 
 CONFIG_DIR = os.path.dirname(critical_kl.configs.__file__)
 
@@ -20,6 +21,13 @@ def config_path(name: str) -> str:
 
 
 _distributed_flags = None
+
+
+def define_resume_flag():
+  """--resume_previous, for the experiments that resume from checkpoints."""
+  return flags.DEFINE_bool(
+      "resume_previous", False, "When the latest checkpoint in --workdir is damaged, delete it and "
+      "resume from the one before (without it, the run stops and says so).")
 
 
 def define_distributed_flags() -> None:
@@ -51,9 +59,18 @@ def _start_distributed() -> None:
                          _distributed_flags["process_id"].value)
 
 
+def _exit_with(error: Exception, status: int) -> None:
+  """Prints the one error line and exits; background reads that fail after the error (Orbax's
+  other coroutines on a damaged checkpoint) stay silent instead of adding tracebacks."""
+  sys.unraisablehook = lambda _: None
+  print(f"error: {error}", file=sys.stderr)
+  sys.exit(status)
+
+
 def run(main) -> None:
-  """`app.run(main)`, turning expected errors (bad values, missing or foreign checkpoints) into one
-  line on stderr and exit status 2 instead of a traceback."""
+  """`app.run(main)`, turning expected errors into one line on stderr instead of a traceback: exit
+  status 2 for bad input (values, missing, damaged or foreign checkpoints), 3 for a run that
+  diverged (a NaN or an infinity)."""
   def guarded(argv):
     if len(argv) > 1:
       raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -61,7 +78,8 @@ def run(main) -> None:
     try:
       _start_distributed()
       return main(argv)
+    except divergence.DivergenceError as e:
+      _exit_with(e, 3)
     except (ValueError, FileNotFoundError, checkpoints.CheckpointError) as e:
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
+      _exit_with(e, 2)
   app.run(guarded)

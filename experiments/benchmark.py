@@ -61,6 +61,7 @@ import ml_collections
 import numpy as np
 
 from critical_kl import arithmetic
+from critical_kl import arms
 from critical_kl import model as model_lib
 from critical_kl import pretrain
 from critical_kl import rl
@@ -389,8 +390,8 @@ def measure_rl(gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict, task
       params, gpt, problems, key, max_new_tokens=task.max_new_tokens,
       temperature=config.temperature, failure_reward=config.failure_reward))
   rollout_s, traj = time_compiled(rollout, (params, batch.problems, key), reps)
-  args = (rl.stack([rl.init_state(params, config, key)]), jnp.array([rl.run_beta(config)]),
-          rl.stack([batch.problems]), rl.stack([batch.critical]), params)
+  run_arms = arms.run_arms(list(arms.parse(config.arms, config.beta))[:1])
+  args = (rl.stack([rl.init_state(params, config, key)]), run_arms, rl.stack([batch]), params)
   iteration_s, (_, metrics) = time_compiled(rl.make_runs_iteration(gpt, config, task), args, reps)
   episodes = config.episodes_per_collect
   episode_length = float(metrics["episode_length"][0])
@@ -600,12 +601,13 @@ def _rl_program(model_fields: dict, episodes: int, mesh, concrete: bool):
   """The sharded RL iteration (one run, as in `measure_rl`) of `episodes` episodes on `mesh`.
 
   Returns:
-    (jitted iteration, its arguments (state, beta, problems [B, P], critical [B, T], ref_params)).
+    (jitted iteration, its arguments (state, arm, batch, ref_params)).
     With `concrete` False the arguments are `jax.ShapeDtypeStruct`s, enough to compile.
   """
   gpt, config, task = rl_setup(model_fields, episodes)
   batch = rl.collect_batch(config, task, run_seed=0, iteration=0)
-  beta = np.float32(rl.run_beta(config))
+  arm = jax.tree_util.tree_map(
+      lambda x: x[0], arms.run_arms(list(arms.parse(config.arms, config.beta))[:1]))
   episode_sharding = sharding.batch_sharding(mesh)
 
   def init():  # the run's state and the reference parameters, as in measure_rl
@@ -615,15 +617,15 @@ def _rl_program(model_fields: dict, episodes: int, mesh, concrete: bool):
 
   if concrete:
     state, ref_params = _init_on_mesh(init, mesh)
-    problems, critical = jax.device_put((batch.problems, batch.critical), episode_sharding)
-    beta = jax.device_put(beta, sharding.replicated(mesh))
+    batch = jax.device_put(batch, episode_sharding)
+    arm = jax.device_put(arm, sharding.replicated(mesh))
   else:
     state, ref_params = (_abstract(t, sharding.param_sharding(t, mesh))
                          for t in jax.eval_shape(init))
-    problems, critical = _abstract((batch.problems, batch.critical), episode_sharding)
-    beta = _abstract(beta, sharding.replicated(mesh))
+    batch = _abstract(batch, episode_sharding)
+    arm = _abstract(arm, sharding.replicated(mesh))
   iteration = sharding.shard_rl_iteration(gpt, config, task, state, mesh)
-  return jax.jit(iteration), (state, beta, problems, critical, ref_params)
+  return jax.jit(iteration), (state, arm, batch, ref_params)
 
 
 def _program(name: str, model_fields: dict, batch: int, mesh, concrete: bool):

@@ -1,13 +1,16 @@
-"""Tables, summaries and learning-curve plots of RL comparisons between arms (named β values).
+"""Tables, summaries and learning curves of RL comparisons between arms.
 
 Shared by the experiments that compare arms (`prioritized_kl`, `beta_ablation`) and the Colab
-notebook; it defines no flags, so that any of them may import it.
+notebook; it defines no flags, so that any of them may import it. The headline figure is the
+accuracy of episodes sampled at τ on the fixed test problems (the paper's test reward); greedy
+accuracy is beside it.
 """
 import numpy as np
 
 from critical_kl import evaluation
 
-FIGURES = (("accuracy", "greedy accuracy, N+k"), ("sampled_accuracy", "sampled accuracy, N+k"),
+HEADLINE = "sampled_accuracy"
+FIGURES = (("sampled_accuracy", "sampled accuracy, N+k"), ("accuracy", "greedy accuracy, N+k"),
            ("in_distribution_accuracy", "greedy accuracy, 1..N"),
            ("critical_probability", "critical-token probability"))
 
@@ -18,56 +21,119 @@ def mean_ci(values) -> dict:
   return dict(mean=float(values.mean()), ci95=[float(lo), float(hi)])
 
 
-def summarize(out: dict, arms) -> dict:
+def _arm_names(out) -> list[str]:
+  return [arm.name for arm in out.arms]
+
+
+def summarize(out) -> dict:
   """Per arm: each figure before and after RL, mean and 95% CI over the arm's seeds."""
   summary = {}
-  for arm in arms:
-    idx = [i for i, (a, _) in enumerate(out["runs"]) if a == arm]
+  for arm in _arm_names(out):
+    idx = [i for i, (a, _) in enumerate(out.runs) if a == arm]
     summary[arm] = {}
     for name, _ in FIGURES:
-      summary[arm][f"{name}_before"] = mean_ci(np.take(out["before"][name], idx))
-      summary[arm][f"{name}_after"] = mean_ci(np.take(out["after"][name], idx))
+      summary[arm][f"{name}_before"] = mean_ci(np.take(out.before[name], idx))
+      summary[arm][f"{name}_after"] = mean_ci(np.take(out.after[name], idx))
   return summary
 
 
-def paired_difference(out: dict, name: str) -> dict:
-  """prioritized − standard on the same seed (same problems and keys), mean and 95% CI."""
-  after = np.asarray(out["after"][name])
-  arms = np.array([a for a, _ in out["runs"]])
-  return mean_ci(after[arms == "prioritized"] - after[arms == "standard"])
+def paired_difference(out, arm: str, name: str = HEADLINE, baseline: str = "standard") -> dict:
+  """`arm` − `baseline` after RL on the same seed (same problems and keys), mean and 95% CI."""
+  after = np.asarray(out.after[name])
+  names = np.array([a for a, _ in out.runs])
+  seeds = np.array([s for _, s in out.runs])
+  ours, theirs = after[names == arm], after[names == baseline]
+  if not np.array_equal(seeds[names == arm], seeds[names == baseline]):
+    raise ValueError(f"arms {arm} and {baseline} do not share their seeds")
+  return mean_ci(ours - theirs)
 
 
-def table(summary: dict, out: dict) -> str:
-  cell = lambda x: f"{100 * x['mean']:5.1f} [{100 * x['ci95'][0]:5.1f},{100 * x['ci95'][1]:5.1f}]"
-  lines = [f"{'':30}" + "".join(f"{arm:>44}" for arm in summary),
-           f"{'':30}" + f"{'before':>22}{'after':>22}" * len(summary)]
-  for name, label in FIGURES:
-    row = f"{label:30}"
-    for arm in summary:
-      row += f"{cell(summary[arm][name + '_before']):>22}{cell(summary[arm][name + '_after']):>22}"
-    lines.append(row)
-  if {"standard", "prioritized"} <= set(summary):
-    diff = paired_difference(out, "accuracy")
-    lines.append(f"prioritized − standard, greedy accuracy after (paired by seed): {cell(diff)}")
+def differences(out, name: str = HEADLINE) -> dict:
+  """{arm: paired difference against "standard"} for every other arm; empty without "standard"."""
+  names = _arm_names(out)
+  if "standard" not in names:
+    return {}
+  return {arm: paired_difference(out, arm, name) for arm in names if arm != "standard"}
+
+
+def _cell(x) -> str:
+  return f"{100 * x['mean']:5.1f} [{100 * x['ci95'][0]:5.1f},{100 * x['ci95'][1]:5.1f}]"
+
+
+def table(summary: dict, out) -> str:
+  """One row per arm: each figure after RL; then the paired differences against standard."""
+  lines = [f"{'after RL (before: ' + _cell(next(iter(summary.values()))[HEADLINE + '_before']).strip() + ')':34}"
+           + "".join(f"{label:>28}" for _, label in FIGURES)]
+  for arm, figures in summary.items():
+    lines.append(f"{arm:34}" + "".join(f"{_cell(figures[name + '_after']):>28}"
+                                       for name, _ in FIGURES))
+  for name in (HEADLINE, "accuracy"):
+    for arm, diff in differences(out, name).items():
+      lines.append(f"{arm} − standard, {dict(FIGURES)[name]} (paired by seed): {_cell(diff)}")
   return "\n".join(lines)
 
 
-def plot(history: list[dict], arms, config, path: str) -> None:
-  """Training success (sampled at τ) per iteration, mean ± min/max over seeds, for each arm."""
+def _curve_points(history: list[dict], out, name: str, episodes_per_collect: int):
+  """(episodes [K], values [K, R]) of one figure: before RL, each periodic evaluation, after."""
+  episodes, values = [0], [out.before[name]]
+  for record in history:
+    if "eval" in record:
+      episodes.append(record["iteration"] * episodes_per_collect)
+      values.append(record["eval"][name])
+  episodes.append(history[-1]["iteration"] * episodes_per_collect if history else 0)
+  values.append(out.after[name])
+  return np.array(episodes), np.array(values)
+
+
+def _band(ax, x, values, label) -> None:
+  """Mean over seeds with its 95% normal-approximation band (± min/max with 2 seeds or fewer)."""
+  mean = values.mean(axis=1)
+  if values.shape[1] > 2:
+    half = 1.96 * values.std(axis=1, ddof=1) / np.sqrt(values.shape[1])
+    lo, hi = mean - half, mean + half
+  else:
+    lo, hi = values.min(axis=1), values.max(axis=1)
+  ax.plot(x, 100 * mean, marker="o" if len(x) < 12 else None, label=label)
+  ax.fill_between(x, 100 * lo, 100 * hi, alpha=0.2)
+
+
+def plot(history: list[dict], out, config, path: str) -> None:
+  """Three panels over training episodes, one curve per arm with a band over seeds: test accuracy
+  sampled at τ (the paper's Figure 4), critical-token probability (Figure 7), training success."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(6, 4))
-  episodes = np.array([r["iteration"] for r in history]) * config.episodes_per_collect
-  for arm in arms:
-    success = np.array([[run["success"] for run in r["runs"] if run["arm"] == arm]
-                        for r in history])
-    ax.plot(episodes, 100 * success.mean(axis=1), label=arm)
-    ax.fill_between(episodes, 100 * success.min(axis=1), 100 * success.max(axis=1), alpha=0.2)
-  ax.set_xlabel("training episodes")
-  ax.set_ylabel(f"success of collected episodes (%), τ = {config.temperature}")
-  ax.set_title(f"RL on N+{config.extra_digits} digits, {config.num_seeds} seeds per arm")
-  ax.legend()
+  fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+  per_collect = config.episodes_per_collect
+  for arm in _arm_names(out):
+    idx = [i for i, (a, _) in enumerate(out.runs) if a == arm]
+    for ax, name in zip(axes[:2], (HEADLINE, "critical_probability")):
+      x, values = _curve_points(history, out, name, per_collect)
+      _band(ax, x, values[:, idx], arm)
+    if history:
+      x = np.array([r["iteration"] for r in history]) * per_collect
+      success = np.array([[r["runs"][i]["success"] for i in idx] for r in history])
+      _band(axes[2], x, success, arm)
+  titles = (f"test accuracy, sampled at τ = {config.temperature} (%)",
+            "critical-token probability (%)", "success of collected episodes (%)")
+  for ax, title in zip(axes, titles):
+    ax.set_xlabel("training episodes")
+    ax.set_title(title, fontsize=10)
+  axes[0].legend(fontsize=8)
+  fig.suptitle(f"RL on N+{config.extra_digits} digits, {config.num_seeds} seeds per arm "
+               "(bands: 95% CI over seeds)", fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def result_line(out, config, plot_path: str) -> dict:
+  """The schema shared by the main job's final JSON line and `summary.json`."""
+  return dict(arms=summarize(out), seeds=config.num_seeds,
+              episodes=config.num_iterations * config.episodes_per_collect,
+              test_problems=config.eval_episodes, headline=HEADLINE,
+              differences=differences(out), greedy_differences=differences(out, "accuracy"),
+              reference_selectivity=out.reference,
+              matched_kl_factor=next((a.kl_scale for a in out.arms if a.kind == "matched"), None),
+              seconds=round(out.seconds, 1), plot=plot_path, digits=out.task.digits,
+              temperature=config.temperature)

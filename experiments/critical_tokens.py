@@ -1,7 +1,9 @@
-"""Critical tokens of a pre-trained model: certainty gap ΔĴ (paper Table 1), probability, failures.
+"""Critical tokens of a pre-trained model: certainty gap ΔĴ (paper Table 1), probability, failures,
+and the selectivity of the prioritized weights Ĵ^β over a grid of τ_c × β (SPEC §6).
 
   python -m experiments.critical_tokens
   python -m experiments.critical_tokens --checkpoint=runs/pretrain --num_problems=200
+  python -m experiments.critical_tokens --grid_methods=negentropy,negentropy_max_prob,max_prob
 
 The problems have N+1 digits by default (N: the checkpoint's pretrain_max_digits), drawn from the
 "varying" suite: one operand has exactly --digits digits, the other 1..digits, so every problem has
@@ -20,6 +22,7 @@ from critical_kl import checkpoints
 from critical_kl import critical_tokens
 from critical_kl import evaluation
 from critical_kl import losses
+from critical_kl import selectivity
 from experiments import _cli
 
 _CHECKPOINT = flags.DEFINE_string(
@@ -36,6 +39,12 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the problems.")
 _HTML = flags.DEFINE_string("html", "critical_tokens.html", "Where to write the coloured example.")
 _FAILURES = flags.DEFINE_integer("failures", 256,
                                  "Problems generated greedily for the failure analysis (0: skip).")
+_GRID_METHODS = flags.DEFINE_list("grid_methods", ["negentropy_max_prob"],
+                                  "Certainty methods of the selectivity grid.")
+_GRID_TEMPERATURES = flags.DEFINE_list("grid_certainty_temperatures", ["0.25", "0.5", "1", "2", "4"],
+                                       "τ_c values of the selectivity grid.")
+_GRID_BETAS = flags.DEFINE_list("grid_betas", ["1", "10", "50", "150", "500", "2000", "10000"],
+                                "β values of the selectivity grid (empty: no grid).")
 
 # Paper, Table 1 (85M model, 50 generations): N → (critical ΔĴ mean, std, smallest non-critical ΔĴ).
 PAPER_TABLE_1 = {3: (-0.33, 0.01, 0.0012), 5: (-0.21, 0.18, 0.0002), 7: (-0.13, 0.04, 0.0004)}
@@ -52,6 +61,34 @@ def _validate_flags() -> None:
                      f"{', '.join(losses.CERTAINTY_METHODS)}")
   if _TEMPERATURE.value <= 0 or _CERTAINTY_TEMPERATURE.value <= 0:
     raise ValueError("--temperature and --certainty_temperature must be > 0")
+  for method in _GRID_METHODS.value:
+    if method not in losses.CERTAINTY_METHODS:
+      raise ValueError(f"unknown --grid_methods entry {method!r}; valid names: "
+                       f"{', '.join(losses.CERTAINTY_METHODS)}")
+  _grid_values()
+
+
+def _grid_values() -> tuple[list[float], list[float]]:
+  """(τ_c values, β values) of the grid flags; ValueError on a bad entry."""
+  try:
+    temperatures = [float(t) for t in _GRID_TEMPERATURES.value]
+    betas = [float(b) for b in _GRID_BETAS.value]
+  except ValueError:
+    raise ValueError("--grid_certainty_temperatures and --grid_betas must be numbers") from None
+  if any(t <= 0 for t in temperatures) or any(b < 0 for b in betas):
+    raise ValueError("grid temperatures must be > 0 and betas >= 0")
+  return temperatures, betas
+
+
+def selectivity_table(rows: list[dict]) -> str:
+  """One line per (method, τ_c, β) of `selectivity.teacher_forced_grid`."""
+  lines = [f"{'method':22}{'τ_c':>6}{'β':>8}{'w critical':>12}{'w other':>10}{'share':>8}"
+           f"{'AUROC':>8}"]
+  for r in rows:
+    lines.append(f"{r['method']:22}{r['certainty_temperature']:>6g}{r['beta']:>8g}"
+                 f"{r['weight_critical']:>12.3f}{r['weight_other']:>10.4f}"
+                 f"{r['reduction_share']:>8.3f}{r['auroc']:>8.3f}")
+  return "\n".join(lines)
 
 
 def _validate_digits(n_max: int, digits: int) -> None:
@@ -130,6 +167,17 @@ def main(_):
 
   failures = _failure_report(params, gpt, rng, digits, n_max) if _FAILURES.value else None
 
+  temperatures, betas = _grid_values()
+  grid = []
+  if betas and temperatures:
+    grid = selectivity.teacher_forced_grid(params, gpt, operands, n_max,
+                                           methods=_GRID_METHODS.value,
+                                           certainty_temperatures=temperatures, betas=betas)
+    print(f"\nselectivity of w = Ĵ^β (teacher-forced, same {_NUM_PROBLEMS.value} problems): mean "
+          f"weight on critical and other tokens, share of Σ(1 − w) on critical tokens "
+          f"({grid[0]['critical_tokens']} critical, {grid[0]['other_tokens']} other tokens)")
+    print(selectivity_table(grid))
+
   a, b = (int(x) for x in operands[0])
   text, certainty = forced.completions[0], forced.certainty[0]
   print(f"\nexample, {a}+{b}, coloured by Ĵ (red: least certain, Ĵ={certainty.min():.4f}; "
@@ -152,7 +200,7 @@ def main(_):
       paper_table_1=PAPER_TABLE_1.get(n_max),
       critical_token_probability=probability["mean_probability"],
       critical_all_greedy_right=probability["all_greedy_right"],
-      failures=failures, html=_HTML.value)))
+      failures=failures, selectivity=grid, html=_HTML.value)))
 
 
 if __name__ == "__main__":

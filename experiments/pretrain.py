@@ -29,6 +29,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", _cli.config_path("pretrain_d
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints.", required=True)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete checkpoints already in --workdir.")
 _EXPORT = flags.DEFINE_string("export", None, "Write the final model to this new directory.")
+_RESUME_PREVIOUS = _cli.define_resume_flag()
 _cli.define_distributed_flags()
 
 
@@ -36,7 +37,8 @@ def main(_):
   config = _CONFIG.value
   if _EXPORT.value and os.path.exists(_EXPORT.value) and not _OVERWRITE.value:
     raise ValueError(f"--export directory {_EXPORT.value} exists; add --overwrite to replace it")
-  state = pretrain.train(config, _WORKDIR.value, overwrite=_OVERWRITE.value)
+  state = pretrain.train(config, _WORKDIR.value, overwrite=_OVERWRITE.value,
+                         resume_previous=_RESUME_PREVIOUS.value)
   params = distributed.host_local(state["params"])  # a collective: every process calls it
   if sharding.mesh_from_config(config) is not None:
     # Plain host arrays: the exported model loads on any number of devices.

@@ -1,11 +1,12 @@
-"""RL fine-tuning of the pre-trained model with a standard or prioritized KL penalty (one arm).
+"""RL fine-tuning of the pre-trained model, one arm or several, every seed of each.
 
   python -m experiments.rl_finetune --workdir=runs/rl_prioritized
-  python -m experiments.rl_finetune --workdir=runs/rl_standard --config.prioritized=False \
+  python -m experiments.rl_finetune --workdir=runs/rl_standard --config.arms=standard \
       --config.num_seeds=3 --config.num_iterations=40
 
-Seeds run together (vmapped). Writes `metrics.jsonl` (one JSON line per iteration, every run) and
-Orbax checkpoints to --workdir; started again with the same --workdir, a run resumes exactly.
+Runs advance together (vmapped). Writes `metrics.jsonl` (one JSON line per iteration, every run)
+and Orbax checkpoints to --workdir; started again with the same --workdir, a run resumes exactly.
+Ends with one JSON line of the figures before and after RL, per run.
 Several devices: `--config.sharding.data=0`; several hosts: `--distributed` (see BUILD.md).
 """
 import json
@@ -15,7 +16,6 @@ from ml_collections import config_flags
 
 from critical_kl import distributed
 from critical_kl import finetune
-from critical_kl import rl
 from experiments import _cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", _cli.config_path("rl_default"),
@@ -23,18 +23,18 @@ _CONFIG = config_flags.DEFINE_config_file("config", _cli.config_path("rl_default
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.",
                                required=True)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete checkpoints already in --workdir.")
+_RESUME_PREVIOUS = _cli.define_resume_flag()
 _cli.define_distributed_flags()
 
 
 def main(_):
   config = _CONFIG.value
-  arm = "prioritized" if config.prioritized else "standard"
-  out = finetune.finetune(config, _WORKDIR.value, {arm: rl.run_beta(config)},
-                          overwrite=_OVERWRITE.value)
+  out = finetune.finetune(config, _WORKDIR.value, overwrite=_OVERWRITE.value,
+                          resume_previous=_RESUME_PREVIOUS.value)
   if not distributed.is_main():
     return
-  summary = dict(arm=arm, seeds=config.num_seeds, before=out["before"], after=out["after"],
-                 seconds=round(out["seconds"], 1))
+  summary = dict(arms=[arm.name for arm in out.arms], runs=out.runs, seeds=config.num_seeds,
+                 before=out.before, after=out.after, seconds=round(out.seconds, 1))
   print(json.dumps(summary))
 
 

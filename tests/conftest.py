@@ -1,4 +1,5 @@
-"""Test-wide settings: a persistent XLA compilation cache, so identical programs compile once."""
+"""Test-wide settings and helpers: a persistent XLA compilation cache, so identical programs compile
+once; the tiny model; the tolerance of parameters compared after Adam updates."""
 import os
 
 import jax
@@ -10,6 +11,20 @@ from critical_kl import model as model_lib
 jax.config.update("jax_compilation_cache_dir",
                   os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "xla"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def adam_atol(learning_rate: float, steps: int) -> float:
+  """Absolute tolerance on parameters after `steps` Adam updates of two computations that agree
+  up to float rounding (one device vs a mesh, vmapped vs alone, one CPU model vs another).
+
+  Adam's update of a coordinate is lr·m̂/(√v̂ + ε): its sensitivity to the gradient g is up to
+  lr/ε at g ≈ 0, so a near-zero gradient that differs in its last bits (≈ 1e-10, float32 sums of
+  many terms) can move its parameter by ≈ 1e-2·lr per step, whatever the parameter's scale. A
+  real error (a missing reduction, a wrong shard) changes gradients by their own size and moves
+  most coordinates by ≈ lr, a hundred times more. The gradients themselves are compared with
+  relative tolerances where a test has them.
+  """
+  return 1e-2 * learning_rate * steps
 
 
 @pytest.fixture(scope="session")

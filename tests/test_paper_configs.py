@@ -72,7 +72,7 @@ def test_prioritized_kl_config():
   config = load("paper_prioritized_kl")
   _check_rl(config, 7, 1)
   assert (config.kl_coef, config.beta, config.num_seeds) == (5.0, 150.0, 10)
-  assert config.prioritized and config.estimator == "k2"
+  assert config.arms == "standard,prioritized,matched,oracle,no_kl" and config.estimator == "k2"
 
 
 def test_beta_ablation_config():
@@ -80,19 +80,19 @@ def test_beta_ablation_config():
   _check_rl(config, 7, 1)
   assert config.num_seeds == 9 and config.kl_coef == 5.0
   assert tuple(config.betas) == (10, 50, 100, 150, 200, 300, 500, 1000, 10000)
-  assert list(beta_ablation.arms_of(config.betas))[0] == "beta=10"
+  assert beta_ablation.arms_of(config.betas).split(",")[0] == "prioritized+beta=10"
 
 
 @pytest.mark.parametrize("n", paper_pretrain.PAPER_DIGITS)
 def test_pretraining_levels_config(n):
   config = load("paper_pretraining_levels", str(n))
   _check_rl(config, n, 2)
-  assert config.kl_coef == 10.0 and rl.run_beta(config) == 0.0  # α = 10, standard KL
+  assert config.kl_coef == 10.0 and config.arms == "standard"  # α = 10, standard KL
 
 
 def test_arms_of_refuses_bad_lists():
-  assert beta_ablation.arms_of(["0", "150"]) == {"beta=0": 0.0, "beta=150": 150.0}
-  for bad in ([], [1.0, 1.0], [-1.0]):
+  assert beta_ablation.arms_of(["0", "150"]) == "prioritized+beta=0,prioritized+beta=150"
+  for bad in ([], [1.0, 1.0], [-1.0], ["x"]):
     with pytest.raises(ValueError, match="betas"):
       beta_ablation.arms_of(bad)
 
@@ -102,13 +102,14 @@ def test_beta_ablation_runs_and_ends_with_json(tiny_model, tmp_path):
          "--betas=0,150", f"--config.checkpoint={tiny_model}", "--config.num_seeds=1",
          "--config.num_iterations=1", "--config.episodes_per_collect=2",
          "--config.num_minibatches=1", "--config.eval_episodes=2",
-         "--config.critical_eval_problems=2", "--config.temperature=2.0"]
+         "--config.critical_eval_problems=2", "--config.matched_problems=2",
+         "--config.temperature=2.0"]
   # The persistent compilation cache of conftest.py, for the subprocess too.
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
   assert proc.returncode == 0, proc.stderr[-2000:]
   result = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert list(result["arms"]) == ["beta=0", "beta=150"]
+  assert list(result["arms"]) == ["prioritized+beta=0", "prioritized+beta=150"]
   assert os.path.getsize(result["plot"]) > 1000
-  assert "beta=150" in proc.stdout.splitlines()[-2]
+  assert "prioritized+beta=150" in proc.stdout.splitlines()[-2]

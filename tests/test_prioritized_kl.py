@@ -10,16 +10,25 @@ def test_main_job_runs_and_ends_with_json(tiny_model, tmp_path):
          f"--config.checkpoint={tiny_model}", "--config.num_seeds=2", "--config.num_iterations=2",
          "--config.episodes_per_collect=4", "--config.num_minibatches=2",
          "--config.eval_episodes=4", "--config.critical_eval_problems=4",
-         "--config.temperature=2.0"]
+         "--config.matched_problems=4", "--config.eval_every=1", "--config.temperature=2.0"]
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-2000:]
   result = json.loads(proc.stdout.strip().splitlines()[-1])
-  assert set(result["arms"]) == {"standard", "prioritized"}
+  arms = ["standard", "prioritized", "matched", "oracle", "no_kl"]
+  assert list(result["arms"]) == arms  # the default arm list: the paper's two and the controls
   for arm in result["arms"].values():
     for key in ("accuracy_before", "accuracy_after", "sampled_accuracy_after"):
       assert 0.0 <= arm[key]["mean"] <= 1.0 and len(arm[key]["ci95"]) == 2
   assert result["seeds"] == 2 and result["episodes"] == 8 and result["seconds"] > 0
+  assert result["test_problems"] == 4 and result["headline"] == "sampled_accuracy"
+  assert list(result["differences"]) == arms[1:]
+  for diff in result["differences"].values():
+    assert -1.0 <= diff["mean"] <= 1.0 and diff["ci95"][0] <= diff["mean"] <= diff["ci95"][1]
+  assert 0.0 < result["matched_kl_factor"] <= 1.0
   assert os.path.getsize(result["plot"]) > 1000
   with open(tmp_path / "summary.json") as f:
-    assert json.load(f)["config"]["num_seeds"] == 2
-  assert "prioritized − standard" in proc.stdout
+    summary = json.load(f)
+  assert summary["config"]["num_seeds"] == 2
+  assert {k: v for k, v in summary.items() if k != "config"} == result  # one schema
+  assert "prioritized − standard, sampled accuracy" in proc.stdout
+  assert "evaluating at iteration 1" in proc.stdout

@@ -8,67 +8,128 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from critical_kl import arms
 from critical_kl import checkpoints
 from critical_kl import finetune
 from critical_kl import rl
 from critical_kl.configs import rl_default
-from test_sampling import loop_predicate_shapes  # tests/ is on sys.path under pytest
+from conftest import adam_atol  # tests/ is on sys.path under pytest
+from test_sampling import loop_predicate_shapes
 
 
 def tiny_config(model_path, **overrides):
   c = rl_default.get_config()
   c.checkpoint = model_path
   c.update(num_iterations=2, episodes_per_collect=4, num_minibatches=2, eval_episodes=4,
-           critical_eval_problems=4, checkpoint_every=1, learning_rate=1e-3, temperature=2.0)
+           critical_eval_problems=4, matched_problems=4, checkpoint_every=1, learning_rate=1e-3,
+           temperature=2.0)
   c.update(overrides)
   return c
 
 
 def test_iteration_changes_params_and_reports_metrics(tiny_model, tmp_path):
+  logs = []
   out = finetune.finetune(tiny_config(tiny_model, num_iterations=1), str(tmp_path),
-                          {"prioritized": 150.0}, log=lambda _: None)
+                          log=logs.append)
   ref, _, _ = checkpoints.load_model(tiny_model)
-  moved = jax.tree_util.tree_map(lambda a, b: float(np.abs(a[0] - b).max()), out["params"], ref)
+  moved = jax.tree_util.tree_map(lambda a, b: float(np.abs(a[0] - b).max()), out.params, ref)
   assert max(jax.tree_util.tree_leaves(moved)) > 0
-  run = out["history"][0]["runs"][0]
+  run = out.history[0]["runs"][0]
   for name in ("loss", "actor_loss", "value_loss", "entropy", "kl_k1", "kl_k2", "kl_k3",
-               "kl_exact", "kl_critical", "kl_other", "certainty_mean", "weight_mean", "success"):
+               "kl_exact", "kl_critical", "kl_other", "certainty_mean", "weight_mean", "success",
+               "selectivity_weight_critical", "selectivity_weight_other",
+               "selectivity_reduction_share", "selectivity_critical_fraction"):
     assert np.isfinite(run[name]), name
-  assert set(out["after"]) == {"accuracy", "sampled_accuracy", "in_distribution_accuracy",
-                               "critical_probability"}
+  assert set(out.after) == {"accuracy", "sampled_accuracy", "in_distribution_accuracy",
+                            "critical_probability"}
+  # The final evaluation reports each of its four figures with an estimate of the time left.
+  progress = [line for line in logs if "evaluating after RL" in line]
+  assert len(progress) == 4 and all("ETA" in line for line in progress)
 
 
 def test_vmapped_seeds_equal_single_runs(tiny_model, tmp_path):
-  c = tiny_config(tiny_model, num_seeds=2)
-  both = finetune.finetune(c, str(tmp_path / "both"), {"standard": 0.0}, log=lambda _: None)
-  # Seed 1 alone: a single-seed run whose key and problems are those of seed index 1.
-  c1 = tiny_config(tiny_model, num_seeds=1)
-  arms_runs = finetune._runs({"standard": 0.0}, 2)
-  assert arms_runs == [("standard", 0), ("standard", 1)]
-  alone = finetune.finetune(c1, str(tmp_path / "alone"), {"standard": 0.0}, log=lambda _: None)
-  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a[0], b[0], atol=1e-6),
-                         both["params"], alone["params"])
+  c = tiny_config(tiny_model, num_seeds=2, arms="standard")
+  both = finetune.finetune(c, str(tmp_path / "both"), log=lambda _: None)
+  assert both.runs == [("standard", 0), ("standard", 1)]
+  # Seed 0 alone: a single-seed run with the key and problems of seed 0.
+  c1 = tiny_config(tiny_model, num_seeds=1, arms="standard")
+  alone = finetune.finetune(c1, str(tmp_path / "alone"), log=lambda _: None)
+  atol = adam_atol(c.learning_rate, c.num_iterations * c.num_minibatches)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=atol),
+                         both.params, alone.params)
 
 
 def test_arms_share_problems_but_differ_by_weights(tiny_model, tmp_path):
-  out = finetune.finetune(tiny_config(tiny_model, num_iterations=1), str(tmp_path),
-                          {"standard": 0.0, "prioritized": 150.0}, log=lambda _: None)
-  standard, prioritized = out["history"][0]["runs"]
-  assert standard["weight_mean"] == pytest.approx(1.0)
-  assert prioritized["weight_mean"] < 1.0
+  config = tiny_config(tiny_model, num_iterations=1,
+                       arms="standard,prioritized,matched,oracle,no_kl,standard+kl=0.5")
+  out = finetune.finetune(config, str(tmp_path), log=lambda _: None)
+  runs = {run["arm"]: run for run in out.history[0]["runs"]}
+  scale = {arm.name: arm.kl_scale for arm in out.arms}
+  assert runs["standard"]["weight_mean"] == pytest.approx(1.0)
+  assert runs["prioritized"]["weight_mean"] < 1.0
+  # The matched arm's α factor is the reference's mean Ĵ^β on correct completions, measured once.
+  assert scale["matched"] == pytest.approx(out.reference["mean_weight"]) and scale["matched"] < 1
+  assert runs["matched"]["weight_mean"] == pytest.approx(scale["matched"], rel=1e-5)
+  assert runs["no_kl"]["weight_mean"] == 0.0 and runs["no_kl"]["kl_weighted"] == 0.0
+  assert runs["standard+kl=0.5"]["weight_mean"] == pytest.approx(0.5)
+  # The oracle lowers weights only on critical tokens reached by a correct prefix (a random tiny
+  # model rarely reaches one; `test_oracle_weights_follow_the_correct_path` checks the rule).
+  oracle = runs["oracle"]
+  assert oracle["selectivity_weight_other"] == 1.0
+  reached = oracle["selectivity_critical_fraction"] > 0
+  assert oracle["selectivity_weight_critical"] == (0.0 if reached else 1.0)
+  assert oracle["selectivity_reduction_share"] == (1.0 if reached else 0.0)
   # Same first rollout (same key and problems), so the same success and episode lengths.
-  assert standard["episode_length"] == prioritized["episode_length"]
+  assert len({run["episode_length"] for run in runs.values()}) == 1
+
+
+def test_oracle_weights_follow_the_correct_path():
+  # One episode after a 2-token prompt: generated tokens 5, 6, 9 (the correct ones are 5, 6, 7, 8).
+  tokens = jnp.array([[1, 2, 5, 6, 9, 0]])
+  correct = jnp.array([[1, 2, 5, 6, 7, 8]])
+  mask = jnp.array([[0, 0, 1, 1, 1, 0]], jnp.float32)
+  critical = jnp.array([[False, False, False, True, True, False]])
+  on_path = rl.on_correct_path(tokens, correct, mask)
+  # Position t counts while every generated token before t is right; the mistake is at 4.
+  np.testing.assert_array_equal(on_path, [[True, True, True, True, True, False]])
+  critical_on_path = critical & on_path & (mask > 0)
+  certainty = jnp.full((1, 6), 0.5)
+  oracle = arms.RunArms(jnp.float32(0.0), jnp.float32(1.0), jnp.bool_(True))
+  prioritized = arms.RunArms(jnp.float32(2.0), jnp.float32(1.0), jnp.bool_(False))
+  np.testing.assert_array_equal(rl.kl_weights(oracle, certainty, critical_on_path, 0.0),
+                                [[1, 1, 1, 0, 0, 1]])
+  np.testing.assert_allclose(rl.kl_weights(prioritized, certainty, critical_on_path, 0.0),
+                             np.full((1, 6), 0.25))
+  # A wrong token before a critical position takes it off the path.
+  off = rl.on_correct_path(jnp.array([[1, 2, 9, 6, 7, 0]]), correct, mask)
+  np.testing.assert_array_equal(off, [[True, True, True, False, False, False]])
+
+
+def test_learning_rate_is_a_leaf_of_each_run(tiny_model):
+  """Runs of one vmapped program may each have their own learning rate (optax.inject_hyperparams);
+  a run at rate 0+ barely moves, one at the config's rate moves."""
+  params, gpt, saved = checkpoints.load_model(tiny_model)
+  c = tiny_config(tiny_model)
+  task = rl.make_task(saved["pretrain_max_digits"], c.extra_digits)
+  batch = rl.stack([rl.collect_batch(c, task, 0, 0)] * 2)
+  state = rl.stack([rl.init_state(params, c, jax.random.key(0), rate) for rate in (1e-12, 1e-3)])
+  run_arms = arms.run_arms(list(arms.parse("standard+lr=1e-12,standard", 0.0)))
+  new, _ = rl.make_runs_iteration(gpt, c, task)(state, run_arms, batch, params)
+  moved = [max(float(np.abs(a[i] - b).max()) for a, b in zip(jax.tree_util.tree_leaves(new.params),
+                                                             jax.tree_util.tree_leaves(params)))
+           for i in range(2)]
+  assert moved[0] < 1e-8 < 1e-5 < moved[1]
 
 
 def test_resume_equals_uninterrupted(tiny_model, tmp_path):
   c = tiny_config(tiny_model, num_iterations=3)
-  straight = finetune.finetune(c, str(tmp_path / "a"), {"prioritized": 150.0}, log=lambda _: None)
+  straight = finetune.finetune(c, str(tmp_path / "a"), log=lambda _: None)
   finetune.finetune(tiny_config(tiny_model, num_iterations=1), str(tmp_path / "b"),
-                    {"prioritized": 150.0}, log=lambda _: None)
+                    log=lambda _: None)
   logs = []
-  resumed = finetune.finetune(c, str(tmp_path / "b"), {"prioritized": 150.0}, log=logs.append)
+  resumed = finetune.finetune(c, str(tmp_path / "b"), log=logs.append)
   assert any("resumed from iteration 1" in line for line in logs)
-  jax.tree_util.tree_map(np.testing.assert_array_equal, straight["params"], resumed["params"])
+  jax.tree_util.tree_map(np.testing.assert_array_equal, straight.params, resumed.params)
   with open(tmp_path / "b" / "metrics.jsonl") as f:
     assert [json.loads(l)["iteration"] for l in f] == [1, 2, 3]
 
@@ -96,8 +157,8 @@ def test_cli_bad_input_is_one_line(tiny_model, tmp_path):
 
 def test_ppo_with_kl_in_reward_runs(tiny_model, tmp_path):
   out = finetune.finetune(tiny_config(tiny_model, num_iterations=1, loss="ppo", kl_in_reward=True),
-                          str(tmp_path), {"prioritized": 150.0}, log=lambda _: None)
-  run = out["history"][0]["runs"][0]
+                          str(tmp_path), log=lambda _: None)
+  run = out.history[0]["runs"][0]
   assert np.isfinite(run["clip_fraction"]) and np.isfinite(run["approx_kl"])
 
 
@@ -109,8 +170,8 @@ def test_runs_share_one_rollout_loop(tiny_model):
   task = rl.make_task(saved["pretrain_max_digits"], c.extra_digits)
   batch = rl.stack([rl.collect_batch(c, task, seed, 0) for seed in range(2)])
   state = rl.stack([rl.init_state(params, c, jax.random.key(seed)) for seed in range(2)])
-  iteration = jax.make_jaxpr(rl.make_runs_iteration(gpt, c, task))(
-      state, jnp.zeros(2), batch.problems, batch.critical, params)
+  run_arms = arms.run_arms(list(arms.parse("standard,prioritized", 150.0)))
+  iteration = jax.make_jaxpr(rl.make_runs_iteration(gpt, c, task))(state, run_arms, batch, params)
   accuracy = jax.make_jaxpr(rl.make_runs_accuracy(gpt, task.max_new_tokens, 1.0, True))(
       state.params, jax.tree_util.tree_map(lambda x: x[0], batch.problems), jax.random.key(0))
   assert loop_predicate_shapes(iteration.jaxpr) == [()]

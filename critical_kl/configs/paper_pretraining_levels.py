@@ -22,6 +22,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.checkpoint = paper_pretrain.model_dir(n)
   c.extra_digits = 2
   c.kl_coef = 10.0
-  c.prioritized = False
+  c.arms = "standard"
   c.num_seeds = 5
   return c

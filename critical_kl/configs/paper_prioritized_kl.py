@@ -1,4 +1,5 @@
-"""Paper scale, SPEC §7.4: standard vs prioritized KL, 85M model pre-trained on N = 7, RL on 8 digits.
+"""Paper scale, SPEC §7.4 and §7.6: standard vs prioritized KL and the controls (matched, oracle,
+no KL), 85M model pre-trained on N = 7, RL on 8 digits.
 
   python -m experiments.prioritized_kl --config=critical_kl/configs/paper_prioritized_kl.py \
       --workdir=runs/paper_prioritized_kl
@@ -34,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.certainty_method = "negentropy_max_prob"
   c.estimator = "k2"
   c.kl_coef = 5.0
-  c.prioritized = True
+  c.arms = "standard,prioritized,matched,oracle,no_kl"
   c.beta = 150.0
   c.value_coef = 0.1
   c.entropy_coef = 0.0005

@@ -27,6 +27,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.grad_clip = 1.0
   c.log_every = 50
   c.checkpoint_every = 250
+  # [ours] a share of each batch from N+1..N+k problems whose critical decisions are held out of the
+  # loss (see critical_kl/pretrain.py); 0: none.
+  c.held_out_digits = 0
+  c.held_out_fraction = 0.25
+  c.init_checkpoint = ""  # an exported model to start from ("": random initialization)
   c.eval_every = 0  # print greedy accuracy at N and N+1 every this many steps (0: never)
   c.eval_num_examples = 200  # problems per accuracy figure printed during and after training
   # Device mesh: data × params devices; data = 0 means all devices // params. 1 × 1: one device.

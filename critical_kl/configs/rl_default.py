@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.episodes_per_collect = 50  # [paper] 50 episodes per collect, 1 update pass
   c.num_minibatches = 5  # [ours] minibatches of whole episodes
   c.learning_rate = 3e-5  # [ours] whole-episode minibatches; 1e-4 and 3e-4 collapse (docs/results.md)
-  c.grad_clip = 1.0
+  c.grad_clip = 0.0  # [orig] no clipping (> 0: clip the global gradient norm at this value)
   c.loss = "a2c"  # or "ppo"
   c.clip_eps = 0.2
   c.temperature = 1.0  # τ; [ours] the paper's 2.0 is too hot for a CPU-sized model
@@ -37,8 +37,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.kl_coef = 5.0  # α
   c.estimator = "k2"
   c.kl_in_reward = False  # True: the (weighted) KL goes into the rewards, PPO-RLHF style
-  c.prioritized = True  # False: standard KL (all weights 1)
-  c.beta = 150.0
+  # The arms (critical_kl/arms.py): comma-separated, each run with every seed. "standard" (w = 1),
+  # "prioritized" (w = Ĵ^β), "matched", "oracle", "no_kl"; "+beta=", "+lr=", "+kl=" override one.
+  c.arms = "prioritized"
+  c.beta = 150.0  # β of the prioritized arms
   c.intercept = 0.0
   c.certainty_method = "negentropy_max_prob"
   # τ_c: the authors use 4.0; at 4.0 the CPU model's most certain tokens have Ĵ ≈ 0.8-0.9, so
@@ -48,6 +50,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_episodes = 100  # [paper] 100 episodes per test
   c.eval_every = 0  # evaluate every this many iterations besides before and after (0: never)
   c.critical_eval_problems = 64  # teacher-forced set for the critical-token probability
+  # Teacher-forced set for the reference's selectivity and the matched arm's α factor.
+  c.matched_problems = 64
   c.checkpoint_every = 5
   # Device mesh: data × params devices; data = 0 means all devices // params. 1 × 1: one device.
   c.sharding = ml_collections.ConfigDict(dict(data=1, params=1))

@@ -1,0 +1,122 @@
+"""The arms of an RL comparison: what differs between them is the KL token weights, α or the rate.
+
+Every arm runs the same seeds, problems and keys (SPEC §7.6); an arm is a rule for the KL token
+weights w_t, a factor on α and optionally its own learning rate:
+
+  standard       w = 1
+  prioritized    w = Ĵ^β, the paper's penalty (β from the config, or `prioritized+beta=500`)
+  matched        w = 1 with α scaled by the prioritized weights' mean, measured teacher-forced on
+                 correct completions before RL and then fixed: the same KL pressure without the
+                 selectivity
+  oracle         w = 0 on the critical positions while the episode's prefix is still correct,
+                 1 elsewhere: what the prioritized weights approximate
+  no_kl          α = 0: "ignore the KL penalty" taken literally
+
+An arm list is a comma-separated string (the config field `arms`), e.g.
+"standard,prioritized,matched,oracle,no_kl"; `+key=value` suffixes override one arm's `beta`,
+`lr` (learning rate) or `kl` (factor on α): "standard+lr=1e-4", "prioritized+beta=500".
+"""
+import dataclasses
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpy as np
+
+KINDS = ("standard", "prioritized", "matched", "oracle", "no_kl")
+# The weights rule of each kind: "certainty" is Ĵ^β, "ones" is 1, "oracle" the critical mask.
+_RULES = {"standard": "ones", "prioritized": "certainty", "matched": "ones", "oracle": "oracle",
+          "no_kl": "ones"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+  """One arm.
+
+  Attributes:
+    name: as written in the arm list, e.g. "prioritized+beta=500".
+    kind: one of KINDS.
+    beta: β of the certainty weights (used by "prioritized" only).
+    kl_scale: factor on α; None for "matched" until `resolve_matched` sets it.
+    learning_rate: the arm's own learning rate, None for the config's.
+  """
+  name: str
+  kind: str
+  beta: float = 0.0
+  kl_scale: float | None = 1.0
+  learning_rate: float | None = None
+
+  @property
+  def rule(self) -> str:
+    return _RULES[self.kind]
+
+
+def _override(arm: Arm, item: str) -> Arm:
+  key, sep, value = item.partition("=")
+  fields = {"beta": "beta", "lr": "learning_rate", "kl": "kl_scale"}
+  if not sep or key not in fields:
+    raise ValueError(f"arm {arm.name!r}: cannot read {item!r}; expected beta=, lr= or kl=")
+  try:
+    number = float(value)
+  except ValueError:
+    raise ValueError(f"arm {arm.name!r}: {key} must be a number, got {value!r}") from None
+  if number < 0 or (key == "lr" and number == 0):
+    raise ValueError(f"arm {arm.name!r}: {key} must be {'> 0' if key == 'lr' else '>= 0'}")
+  return dataclasses.replace(arm, **{fields[key]: number})
+
+
+def parse(spec: str, beta: float) -> tuple[Arm, ...]:
+  """The arms of a comma-separated list (module docstring); `beta` is the prioritized arms' β.
+
+  Raises:
+    ValueError: on an empty list, an unknown kind, a bad override or a repeated name.
+  """
+  names = [s.strip() for s in spec.split(",") if s.strip()]
+  if not names:
+    raise ValueError("the arm list is empty")
+  if len(set(names)) != len(names):
+    raise ValueError(f"arm names repeat in {spec!r}")
+  arms = []
+  for name in names:
+    kind, *overrides = name.split("+")
+    if kind not in KINDS:
+      raise ValueError(f"unknown arm {kind!r} in {name!r}; valid: {', '.join(KINDS)}")
+    arm = Arm(name, kind, beta=float(beta) if kind == "prioritized" else 0.0,
+              kl_scale={"no_kl": 0.0, "matched": None}.get(kind, 1.0))
+    for item in overrides:
+      arm = _override(arm, item)
+    arms.append(arm)
+  return tuple(arms)
+
+
+def needs_matched_scale(arms: tuple[Arm, ...]) -> bool:
+  return any(arm.kl_scale is None for arm in arms)
+
+
+def resolve_matched(arms: tuple[Arm, ...], mean_weight: float) -> tuple[Arm, ...]:
+  """The arms with every unset α factor ("matched") set to `mean_weight`."""
+  return tuple(dataclasses.replace(arm, kl_scale=mean_weight) if arm.kl_scale is None else arm
+               for arm in arms)
+
+
+class RunArms(NamedTuple):
+  """Per-run fields of the arms, for the vmapped iteration; each [R] (a scalar for one run).
+
+  Attributes:
+    beta: float32, β of the certainty weights (0 gives ones).
+    kl_scale: float32, factor on α.
+    oracle: bool, the weights are the oracle's critical mask instead of Ĵ^β.
+  """
+  beta: jnp.ndarray
+  kl_scale: jnp.ndarray
+  oracle: jnp.ndarray
+
+
+def run_arms(arms_of_runs: list[Arm]) -> RunArms:
+  """The `RunArms` of a list of runs' arms (each run has one arm)."""
+  for arm in arms_of_runs:
+    if arm.kl_scale is None:
+      raise ValueError(f"arm {arm.name!r}: its α factor is not set (see resolve_matched)")
+  return RunArms(beta=np.array([a.beta if a.rule == "certainty" else 0.0 for a in arms_of_runs],
+                               np.float32),
+                 kl_scale=np.array([a.kl_scale for a in arms_of_runs], np.float32),
+                 oracle=np.array([a.rule == "oracle" for a in arms_of_runs], bool))

@@ -1,0 +1,115 @@
+"""Selectivity of KL token weights (SPEC §6): does the penalty spare the critical tokens only?
+
+The paper's premise is that the prioritized weights w = Ĵ^β are ≈ 0 on critical tokens and ≈ 1
+everywhere else. `selectivity` measures it on any weights: the mean weight on critical and on other
+tokens, and the share of the total reduction Σ_t (1 − w_t) that falls on critical tokens. A share
+near 1 means the prioritized penalty is the paper's intervention (no KL on critical tokens); a
+small one means it mostly lowers the KL a little everywhere.
+
+`selectivity` is a pure jnp function, used inside the jitted RL iteration on sampled episodes;
+`teacher_forced_grid` evaluates it for a reference model on correct completions over a grid of
+(certainty method, τ_c, β).
+"""
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from critical_kl import critical_tokens as critical_tokens_lib
+from critical_kl import losses
+
+# Σ(1 − w) below this counts as no reduction at all (e.g. standard KL): the share is then 0.
+_NO_REDUCTION = 1e-12
+
+
+def selectivity(weights, critical, mask) -> dict[str, jnp.ndarray]:
+  """Where the weights lower the KL penalty.
+
+  Args:
+    weights: float [...], the KL token weights w (1 = full penalty).
+    critical: bool [...], critical tokens (counted only where `mask` is set).
+    mask: float or bool [...], the tokens that count (e.g. generated ones).
+
+  Returns:
+    weight_critical: mean w over critical tokens (1 if there are none);
+    weight_other: mean w over the other tokens (1 if there are none);
+    reduction_share: Σ_critical (1 − w) / Σ (1 − w), 0 when the weights lower nothing;
+    critical_fraction: the share of counted tokens that are critical.
+    All scalars.
+  """
+  mask = jnp.asarray(mask, jnp.float32)
+  on_critical = jnp.asarray(critical, jnp.float32) * mask
+  on_other = mask - on_critical
+  reduction = (1.0 - jnp.asarray(weights, jnp.float32)) * mask
+  mean = lambda w_sum, n: jnp.where(n > 0, w_sum / jnp.maximum(n, 1.0), 1.0)
+  total = jnp.sum(reduction)
+  return dict(
+      weight_critical=mean(jnp.sum(weights * on_critical), jnp.sum(on_critical)),
+      weight_other=mean(jnp.sum(weights * on_other), jnp.sum(on_other)),
+      reduction_share=jnp.where(total > _NO_REDUCTION,
+                                jnp.sum(reduction * on_critical) / jnp.maximum(total, 1e-30), 0.0),
+      critical_fraction=jnp.sum(on_critical) / jnp.maximum(jnp.sum(mask), 1.0))
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
+  """Area under the ROC curve of `scores` ranking `positive` items first (ties count half).
+
+  Args:
+    scores: float [n]; higher means "more likely positive".
+    positive: bool [n].
+
+  Returns:
+    The AUROC, or None without positives or without negatives.
+  """
+  scores, positive = np.asarray(scores, np.float64), np.asarray(positive, bool)
+  n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+  if not n_pos or not n_neg:
+    return None
+  order = np.argsort(scores, kind="mergesort")
+  ranks = np.empty(len(scores))
+  sorted_scores = scores[order]
+  # Average ranks over ties (1-based), so that equal scores count half.
+  _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+  ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)
+  return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def teacher_forced_grid(params, gpt, operands: np.ndarray, n_max: int, *,
+                        methods: Sequence[str] = ("negentropy_max_prob",),
+                        certainty_temperatures: Sequence[float] = (1.0,),
+                        betas: Sequence[float] = (150.0,)) -> list[dict]:
+  """Selectivity of Ĵ^β for a reference model, teacher-forced on correct completions.
+
+  One teacher-forced pass per (method, τ_c); β is applied on the host.
+
+  Args:
+    params, gpt: the reference model.
+    operands: int [n, 2], problems with an operand longer than `n_max` (so with critical tokens).
+    n_max: N of the model's pre-training.
+    methods: certainty methods (`losses.CERTAINTY_METHODS`).
+    certainty_temperatures: τ_c values.
+    betas: β values.
+
+  Returns:
+    One dict per (method, τ_c, β): those three, the fields of `selectivity`, `mean_weight` (over
+    all completion tokens: the factor of the `matched` control), the numbers of critical and other
+    tokens, and `auroc` of 1 − Ĵ ranking critical tokens first.
+  """
+  rows = []
+  for method in methods:
+    for tau_c in certainty_temperatures:
+      forced = critical_tokens_lib.teacher_forced(params, gpt, operands, n_max,
+                                                  certainty_method=method,
+                                                  certainty_temperature=tau_c)
+      certainty = np.concatenate(forced.certainty).astype(np.float64)
+      critical = np.concatenate(forced.critical)
+      area = auroc(1.0 - certainty, critical)
+      for beta in betas:
+        weights = np.asarray(losses.prioritized_weights(certainty, beta), np.float64)
+        figures = {k: float(v) for k, v in
+                   selectivity(weights, critical, np.ones_like(weights)).items()}
+        rows.append(dict(method=method, certainty_temperature=float(tau_c), beta=float(beta),
+                         **figures, mean_weight=float(weights.mean()),
+                         critical_tokens=int(critical.sum()),
+                         other_tokens=int((~critical).sum()), auroc=area))
+  return rows
