@@ -3,11 +3,16 @@
 The pieces are separate pure functions so that a user can recombine them in their own loss:
 
 - `kl_estimate`: the per-token estimators k1, k2, k3 of KL(π_θ‖π_ref) from sampled tokens;
-- `exact_kl`: the KL over the whole vocabulary;
+- `exact_kl`: the KL over the whole vocabulary (also selectable as the penalty, "exact");
 - `certainty`: the reference model's certainty Ĵ (paper Eq. 2 and the authors' variants);
-- `prioritized_weights`: w = (1 − b)·Ĵ^β + b, the token weights of the prioritized KL penalty;
-- `a2c_loss`, `ppo_loss`: actor + c_v·value − c_e·entropy + α·mean(w·k(ρ));
-- `kl_reward_penalty`: the same penalty placed in the rewards instead (PPO-RLHF style).
+- `ensemble_logits`, `ensemble_certainty`, `ensemble_mutual_information`: the same for the
+  mixture of K reference models (the posterior predictive of the paper's footnote 2);
+- token weights: `prioritized_weights` (w = (1 − b)·Ĵ^β + b, the paper's), `entropy_weights`,
+  `top_entropy_mask`, `critical_mask_weights` (with `correct_prefix`);
+- `a2c_loss`, `ppo_loss`: mean(u·actor) + c_v·value − c_e·entropy + α·mean(w·k), with token
+  weights u on the policy-gradient term and w on the KL term;
+- `kl_reward_penalty`, `kl_advantage_penalty`: the same penalty placed in the rewards (PPO-RLHF
+  style) or, centred, in the advantages instead.
 
 Per-token arrays follow the `Trajectory` convention: entry [b, t] is about token `tokens[b, t]`.
 """
@@ -23,6 +28,9 @@ import numpy as np
 from critical_kl.trajectory import Trajectory
 
 ESTIMATORS = ("k1", "k2", "k3")
+# What the losses accept as the penalty: a sampled estimator or the KL over the whole vocabulary.
+KL_PENALTIES = ESTIMATORS + ("exact",)
+KL_PLACEMENTS = ("loss", "reward", "advantage")
 CERTAINTY_METHODS = ("negentropy", "negentropy_max_prob", "max_prob")
 
 Metrics = dict[str, jnp.ndarray]
@@ -36,13 +44,16 @@ class LossConfig:
   others select code paths and are static.
 
   Attributes:
-    estimator: KL estimator of the penalty, one of `ESTIMATORS`.
+    estimator: KL penalty, one of `KL_PENALTIES`: a sampled estimator (`kl_estimate`) or "exact"
+      (`exact_kl` at every position, only with kl_placement "loss": it needs the logits).
     kl_coef: α, weight of the KL penalty.
     value_coef: c_v, weight of the value loss.
     entropy_coef: c_e, weight of the entropy bonus.
     temperature: τ of π_θ = softmax(logits / τ); must be the sampling temperature.
     clip_eps: ε of the PPO clipped surrogate.
-    kl_in_reward: the penalty goes into the rewards (`kl_reward_penalty`), not the loss.
+    kl_placement: where the penalty acts, one of `KL_PLACEMENTS`: "loss" (the term α·mean(w·k)
+      of `a2c_loss` / `ppo_loss`), "reward" (`kl_reward_penalty`, added to the rewards before
+      GAE) or "advantage" (`kl_advantage_penalty`, added to the advantages).
     use_kl: whether there is a KL penalty at all.
   """
   estimator: str = flax.struct.field(pytree_node=False, default="k2")
@@ -51,7 +62,7 @@ class LossConfig:
   entropy_coef: float = 0.0005
   temperature: float = 2.0
   clip_eps: float = 0.2
-  kl_in_reward: bool = flax.struct.field(pytree_node=False, default=False)
+  kl_placement: str = flax.struct.field(pytree_node=False, default="loss")
   use_kl: bool = flax.struct.field(pytree_node=False, default=True)
 
 
@@ -73,7 +84,11 @@ def _check_concrete(value: Any, ok: Callable[[np.ndarray], Any], message: str) -
 
 def validate_loss_config(cfg: LossConfig) -> None:
   """Raises ValueError if a field of `cfg` is out of range (traced fields are not checked)."""
-  _check_choice("estimator", cfg.estimator, ESTIMATORS)
+  _check_choice("estimator", cfg.estimator, KL_PENALTIES)
+  _check_choice("KL placement", cfg.kl_placement, KL_PLACEMENTS)
+  if cfg.estimator == "exact" and cfg.kl_placement != "loss":
+    raise ValueError(f"estimator 'exact' needs the logits, which only the losses have; got "
+                     f"kl_placement {cfg.kl_placement!r}, use 'loss'.")
   _check_concrete(cfg.temperature, lambda t: t > 0, "temperature must be > 0")
   for name in ("kl_coef", "value_coef", "entropy_coef", "clip_eps"):
     _check_concrete(getattr(cfg, name), lambda v: v >= 0, f"{name} must be >= 0")
@@ -106,6 +121,7 @@ def kl_estimate(logp: chex.Array, ref_logp: chex.Array, estimator: str = "k2") -
   With ρ = logp − ref_logp: k1 = ρ, k2 = ½ρ², k3 = (e^{−ρ} − 1) + ρ. k1 and k3 are unbiased
   estimates of the KL value; differentiated as a loss term, k2 gives the unbiased gradient of
   KL(π_θ‖π_ref), k1 gives zero in expectation and k3 the gradient of the reverse KL(π_ref‖π_θ).
+  The penalty "exact" of the losses is `exact_kl`, which needs the full distributions.
 
   Args:
     logp: [...], log π_θ(token).
@@ -172,6 +188,88 @@ def certainty(ref_logits: chex.Array,
   return jax.lax.stop_gradient(jnp.clip(result, 0.0, 1.0))
 
 
+def _member_log_probs(member_logits: chex.Array, temperature: float) -> jnp.ndarray:
+  """log softmax(member_logits / τ) of K models, [K, ..., V] → [K, ..., V]."""
+  member_logits = jnp.asarray(member_logits)
+  if member_logits.ndim < 2:
+    raise ValueError(f"member_logits must be [K, ..., V], got shape {member_logits.shape}.")
+  return _log_softmax(member_logits, temperature)
+
+
+def _mixture(member_log_probs: jnp.ndarray) -> jnp.ndarray:
+  """log of the mean over axis 0 of the members' probabilities, [K, ..., V] → [..., V]."""
+  return jax.nn.logsumexp(member_log_probs, axis=0) - np.log(member_log_probs.shape[0])
+
+
+def ensemble_logits(member_logits: chex.Array, temperature: float) -> jnp.ndarray:
+  """Logits L of the mixture of K models: softmax(L / τ) = mean_k softmax(member_logits[k] / τ).
+
+  The mixture is the posterior predictive of an ensemble of reference models (the paper's
+  footnote 2). L = τ·log p̄, so L stands for one reference's logits wherever these are used at the
+  same τ: `token_logp_and_entropy`, `exact_kl`, the losses' `ref_logits`. The mixture at another
+  temperature is not a rescaling of L (the mean does not commute with the temperature); compute
+  it again at that temperature.
+
+  Args:
+    member_logits: [K, ..., V], the logits of the K members.
+    temperature: τ > 0.
+
+  Returns:
+    [..., V], L.
+  """
+  return temperature * _mixture(_member_log_probs(member_logits, temperature))
+
+
+def ensemble_mutual_information(member_logits: chex.Array,
+                                temperature: float = 4.0) -> jnp.ndarray:
+  """Disagreement of K models, I = H(p̄) − mean_k H(p_k), divided by log|V|; in [0, 1].
+
+  With p_k = softmax(member_logits[k] / τ) and p̄ their mean. I is the epistemic part of the
+  mixture's entropy (the mutual information between the prediction and the member); it is 0 when
+  the members agree and at most min(log K, log|V|) / log|V|.
+
+  Args:
+    member_logits: [K, ..., V] with V ≥ 2.
+    temperature: τ > 0.
+
+  Returns:
+    [...], I / log|V|, never differentiated.
+  """
+  member_log_probs = _member_log_probs(member_logits, temperature)
+  information = (_entropy(_mixture(member_log_probs))
+                 - jnp.mean(_entropy(member_log_probs), axis=0))
+  # Rounding leaves identical members a tiny negative difference.
+  normalized = jnp.clip(information / np.log(member_log_probs.shape[-1]), 0.0, 1.0)
+  return jax.lax.stop_gradient(normalized)
+
+
+def ensemble_certainty(member_logits: chex.Array,
+                       method: str = "negentropy_max_prob",
+                       temperature: float = 4.0,
+                       epistemic: bool = False) -> jnp.ndarray:
+  """Certainty Ĵ ∈ [0, 1] of the mixture of K reference models, as `certainty` of one model.
+
+  Ĵ is computed on p̄ = mean_k softmax(member_logits[k] / τ_c), so the members' disagreement
+  already lowers it: for "negentropy", H(p̄) = mean_k H(p_k) + I. With `epistemic`, the
+  disagreement I / log|V| (`ensemble_mutual_information`) is subtracted once more, clipped at
+  0: a stricter certainty that frees the tokens on which the members disagree even where their
+  mixture looks confident (the overconfidence named in the paper's limitations).
+
+  Args:
+    member_logits: [K, ..., V] with V ≥ 2; K = 1 gives `certainty(member_logits[0], ...)`.
+    method: one of `CERTAINTY_METHODS`.
+    temperature: τ_c > 0.
+    epistemic: subtract the normalised mutual information between the members.
+
+  Returns:
+    [...], Ĵ, never differentiated.
+  """
+  result = certainty(ensemble_logits(member_logits, temperature), method, temperature)
+  if epistemic:
+    result = jnp.clip(result - ensemble_mutual_information(member_logits, temperature), 0.0, 1.0)
+  return result
+
+
 def prioritized_weights(certainty: chex.Array,  # pylint: disable=redefined-outer-name
                         beta: chex.Numeric,
                         intercept: chex.Numeric = 0.0) -> jnp.ndarray:
@@ -193,6 +291,92 @@ def prioritized_weights(certainty: chex.Array,  # pylint: disable=redefined-oute
   _check_concrete(beta, lambda b: b >= 0, "beta must be >= 0")
   _check_concrete(intercept, lambda b: b <= 0, "intercept must be <= 0")
   return (1.0 - intercept) * jnp.power(jnp.asarray(certainty), beta) + intercept
+
+
+def entropy_weights(entropy: chex.Array, exponent: chex.Numeric) -> jnp.ndarray:
+  """Token weights w = (1 + H)^−c from the reference's Shannon entropy H (in nats).
+
+  Like Ĵ^β, small where the reference is uncertain, without the normalisation by log|V|; a
+  variant the authors' code carries commented out. c = 0 gives ones. `exponent` may be traced.
+
+  Args:
+    entropy: [...], H ≥ 0, e.g. `token_logp_and_entropy(ref_logits, tokens, τ)[1]`.
+    exponent: c ≥ 0, scalar or broadcastable to `entropy`.
+
+  Returns:
+    [...], the weights in (0, 1], not differentiated.
+  """
+  _check_concrete(exponent, lambda c: c >= 0, "exponent must be >= 0")
+  return jax.lax.stop_gradient(jnp.power(1.0 + jnp.asarray(entropy), -exponent))
+
+
+def top_entropy_mask(entropy: chex.Array, mask: chex.Array,
+                     top_share: chex.Numeric) -> jnp.ndarray:
+  """1 on the valid tokens of highest entropy (a share ρ of them), 0 elsewhere.
+
+  The "high-entropy minority tokens" rule for the policy-gradient weights: the threshold is the
+  (1 − ρ)-quantile of the entropies of the valid tokens of the whole batch (linear interpolation,
+  as `numpy.quantile`), and a valid token is kept if its entropy reaches it; ρ = 1 keeps every
+  valid token. `top_share` may be traced, so a ρ sweep can be vmapped.
+
+  Args:
+    entropy: [...], the policy's entropy, e.g. `Trajectory.entropy` (π_old when sampling).
+    mask: [...], same shape, 1 on valid tokens.
+    top_share: ρ ∈ (0, 1].
+
+  Returns:
+    [...], float 0/1, not differentiated.
+  """
+  _check_concrete(top_share, lambda r: (r > 0) & (r <= 1), "top_share must be in (0, 1]")
+  entropy, valid = jnp.asarray(entropy), jnp.asarray(mask) > 0
+  chex.assert_equal_shape([entropy, valid])
+  threshold = jnp.nanquantile(jnp.where(valid, entropy, jnp.nan), 1.0 - top_share)
+  keep = valid & (entropy >= threshold)
+  return jax.lax.stop_gradient(keep.astype(entropy.dtype))
+
+
+def correct_prefix(tokens: chex.Array, target_tokens: chex.Array,
+                   mask: chex.Array) -> jnp.ndarray:
+  """Whether every generated token before position t equals the correct completion's.
+
+  Args:
+    tokens: int [B, T], the episodes (`Trajectory.tokens`).
+    target_tokens: int [B, T], the correct completions on the same buffer (prompt positions are
+      not compared).
+    mask: [B, T], 1 on generated tokens.
+
+  Returns:
+    bool [B, T], True at the generated tokens whose prefix is correct (the token itself may be
+    wrong), False where `mask` is 0.
+  """
+  chex.assert_equal_shape([tokens, target_tokens, mask])
+  generated = jnp.asarray(mask) > 0
+  wrong = (jnp.asarray(tokens) != jnp.asarray(target_tokens)) & generated
+  wrong_before = jnp.cumsum(wrong, axis=1) - wrong
+  return generated & (wrong_before == 0)
+
+
+def critical_mask_weights(critical: chex.Array,
+                          prefix_correct: chex.Array | None = None) -> jnp.ndarray:
+  """Fixed token weights, 0 on critical positions and 1 elsewhere: the oracle of the mechanism.
+
+  Used as KL weights, it frees exactly the critical tokens (SPEC §6) instead of the reference's
+  uncertain ones. The critical positions are those of the correct completion, so a deviating
+  episode may hold another token there; `prefix_correct` frees a position only while the
+  episode's prefix is still the correct one.
+
+  Args:
+    critical: bool [...], the critical positions (e.g. `Trajectory.critical`).
+    prefix_correct: optional bool [...], same shape, e.g. from `correct_prefix`.
+
+  Returns:
+    float32 [...].
+  """
+  freed = jnp.asarray(critical, bool)
+  if prefix_correct is not None:
+    chex.assert_equal_shape([freed, prefix_correct])
+    freed = freed & jnp.asarray(prefix_correct, bool)
+  return 1.0 - freed.astype(jnp.float32)
 
 
 def token_logp_and_entropy(logits: chex.Array, tokens: chex.Array,
@@ -246,14 +430,14 @@ ActorFn = Callable[[jnp.ndarray, Trajectory, jnp.ndarray, LossConfig],
 
 def _a2c_actor(logp: jnp.ndarray, traj: Trajectory, advantages: jnp.ndarray,
                cfg: LossConfig) -> tuple[jnp.ndarray, Metrics]:
-  """−mean_t[log π_θ(a_t)·A_t]; logp and advantages [B, T]."""
-  del cfg  # The A2C actor has no hyper-parameter.
-  return -masked_mean(logp * advantages, traj.mask), {}
+  """Per-token objective log π_θ(a_t)·A_t; logp and advantages [B, T]."""
+  del traj, cfg  # The A2C objective needs neither π_old nor a hyper-parameter.
+  return logp * advantages, {}
 
 
 def _ppo_actor(logp: jnp.ndarray, traj: Trajectory, advantages: jnp.ndarray,
                cfg: LossConfig) -> tuple[jnp.ndarray, Metrics]:
-  """−mean_t[min(r·A, clip(r, 1 ± ε)·A)], r = π_θ / π_old; logp and advantages [B, T]."""
+  """Per-token objective min(r·A, clip(r, 1 ± ε)·A), r = π_θ / π_old; logp and advantages [B, T]."""
   log_ratio = _masked_log_ratio(logp, traj.logp, traj.mask)
   ratio = jnp.exp(log_ratio)
   clipped = jnp.clip(ratio, 1.0 - cfg.clip_eps, 1.0 + cfg.clip_eps)
@@ -264,33 +448,39 @@ def _ppo_actor(logp: jnp.ndarray, traj: Trajectory, advantages: jnp.ndarray,
       # k3 of KL(π_old‖π_θ): the tokens were sampled from π_old.
       "approx_kl": masked_mean(_estimate(-jax.lax.stop_gradient(log_ratio), "k3"), traj.mask),
   }
-  return -masked_mean(surrogate, traj.mask), metrics
+  return surrogate, metrics
 
 
 def _policy_loss(actor_fn: ActorFn, logits: chex.Array, values: chex.Array,
                  ref_logits: chex.Array, traj: Trajectory, advantages: chex.Array,
-                 returns: chex.Array, kl_weights: chex.Array,
-                 cfg: LossConfig) -> tuple[jnp.ndarray, Metrics]:
-  """The terms shared by `a2c_loss` and `ppo_loss` around the actor term `actor_fn`."""
+                 returns: chex.Array, kl_weights: chex.Array, cfg: LossConfig,
+                 pg_weights: chex.Array | None) -> tuple[jnp.ndarray, Metrics]:
+  """The terms shared by `a2c_loss` and `ppo_loss` around the actor objective `actor_fn`."""
   validate_loss_config(cfg)
   chex.assert_rank([logits, ref_logits, values], [3, 3, 2])
   chex.assert_equal_shape([logits, ref_logits])
-  chex.assert_equal_shape([values, traj.tokens, traj.mask, traj.ref_logp, advantages, returns,
-                           kl_weights])
   mask = traj.mask
-  advantages, returns, kl_weights = jax.lax.stop_gradient((advantages, returns, kl_weights))
+  # Ones are exact: the default leaves the actor term bit-identical to an unweighted one.
+  pg_weights = jnp.ones_like(mask) if pg_weights is None else pg_weights
+  chex.assert_equal_shape([values, traj.tokens, mask, traj.ref_logp, advantages, returns,
+                           kl_weights, pg_weights])
+  advantages, returns, kl_weights, pg_weights, ref_logits = jax.lax.stop_gradient(
+      (advantages, returns, kl_weights, pg_weights, ref_logits))
 
   logp, entropy = token_logp_and_entropy(logits, traj.tokens, cfg.temperature)
-  actor_loss, actor_metrics = actor_fn(logp, traj, advantages, cfg)
+  actor_objective, actor_metrics = actor_fn(logp, traj, advantages, cfg)
+  actor_loss = -masked_mean(pg_weights * actor_objective, mask)
   value_loss = masked_mean(jnp.square(returns - values), mask)
   mean_entropy = masked_mean(entropy, mask)
-  # ρ is differentiated through the policy's own log-probability of the taken token.
+  # ρ is differentiated through the policy's own log-probability of the taken token, the exact
+  # KL through all of the policy's logits.
   rho = _masked_log_ratio(logp, traj.ref_logp, mask)
   kl = {name: _estimate(rho, name) for name in ESTIMATORS}
+  kl["exact"] = exact_kl(logits, ref_logits, cfg.temperature)
   kl_weighted = masked_mean(kl_weights * kl[cfg.estimator], mask)
 
   loss = actor_loss + cfg.value_coef * value_loss - cfg.entropy_coef * mean_entropy
-  if cfg.use_kl and not cfg.kl_in_reward:
+  if cfg.use_kl and cfg.kl_placement == "loss":
     loss = loss + cfg.kl_coef * kl_weighted
 
   critical = traj.critical.astype(mask.dtype) * mask
@@ -300,13 +490,13 @@ def _policy_loss(actor_fn: ActorFn, logits: chex.Array, values: chex.Array,
       "value_loss": value_loss,
       "entropy": mean_entropy,
       **{f"kl_{name}": masked_mean(k, mask) for name, k in kl.items()},
-      "kl_exact": masked_mean(exact_kl(logits, ref_logits, cfg.temperature), mask),
       "kl_weighted": kl_weighted,
       "kl_critical": masked_mean(kl[cfg.estimator], critical),
       "kl_other": masked_mean(kl[cfg.estimator], mask - critical),
       "certainty_mean": masked_mean(traj.certainty, mask),
       "certainty_critical": masked_mean(traj.certainty, critical),
       "weight_mean": masked_mean(kl_weights, mask),
+      "pg_weight_mean": masked_mean(pg_weights, mask),
       **actor_metrics,
   }
   return loss, jax.lax.stop_gradient(metrics)
@@ -314,57 +504,70 @@ def _policy_loss(actor_fn: ActorFn, logits: chex.Array, values: chex.Array,
 
 def a2c_loss(logits: chex.Array, values: chex.Array, ref_logits: chex.Array, traj: Trajectory,
              advantages: chex.Array, returns: chex.Array, kl_weights: chex.Array,
-             cfg: LossConfig) -> tuple[jnp.ndarray, Metrics]:
-  """A2C loss with a (prioritized) KL penalty (SPEC §5).
+             cfg: LossConfig, pg_weights: chex.Array | None = None) -> tuple[jnp.ndarray, Metrics]:
+  """A2C loss with a (prioritized) KL penalty (SPEC §5), and optional policy-gradient weights.
 
-  loss = actor + c_v·value − c_e·entropy + α·mean_t[w_t·k(ρ_t)], with actor =
-  −mean_t[log π_θ(a_t)·A_t], value = mean_t[(R_t − V(s_t))²], entropy = mean_t[H(π_θ)], means
-  over `traj.mask`. The KL term is left out when `cfg.kl_in_reward` (see `kl_reward_penalty`) or
-  not `cfg.use_kl`.
+  loss = actor + c_v·value − c_e·entropy + α·mean_t[w_t·k_t], with actor =
+  −mean_t[u_t·log π_θ(a_t)·A_t], value = mean_t[(R_t − V(s_t))²], entropy = mean_t[H(π_θ)], means
+  over `traj.mask`; k_t is `cfg.estimator` of ρ_t = log π_θ(a_t) − log π_ref(a_t), or the exact
+  KL at position t. The KL term is left out unless `cfg.use_kl` and `cfg.kl_placement` is
+  "loss" (see `kl_reward_penalty`, `kl_advantage_penalty`).
 
   Args:
     logits: [B, T, V], the current policy's logits aligned to `traj.tokens` (entry t is the
       distribution of token t; see `trajectory.align_to_tokens`).
     values: [B, T], the current value of each token's prefix.
-    ref_logits: [B, T, V], the reference model's logits, aligned likewise; only used for the
-      `kl_exact` metric, at `cfg.temperature`.
+    ref_logits: [B, T, V], the reference model's logits, aligned likewise, at `cfg.temperature`
+      (for an ensemble, `ensemble_logits`); used by the "exact" penalty and the `kl_exact`
+      metric; not differentiated.
     traj: the batch. ρ = logp − traj.ref_logp, so the loss and `kl_reward_penalty` use the same
       reference numbers; traj.ref_logp must be log softmax(ref_logits / cfg.temperature) at the
       taken tokens.
     advantages: [B, T], e.g. from `advantages.gae`; not differentiated.
     returns: [B, T], value targets; not differentiated.
-    kl_weights: [B, T], ones for the standard KL penalty or `prioritized_weights(traj.certainty,
+    kl_weights: [B, T], w: ones for the standard KL penalty or `prioritized_weights(traj.certainty,
       β)` for the prioritized one; not differentiated.
     cfg: the hyper-parameters.
+    pg_weights: [B, T], u, weights of the policy-gradient term (e.g. `top_entropy_mask`), None
+      for ones; not differentiated. The mean stays over all valid tokens, so a mask that keeps a
+      share ρ of them also scales the actor term by about ρ; divide u by `masked_mean(u, mask)`
+      for the mean over the kept tokens.
 
   Returns:
     loss: a scalar.
     metrics: scalars loss, actor_loss, value_loss, entropy, kl_k1, kl_k2, kl_k3, kl_exact,
-      kl_weighted (mean of w·k(ρ)), kl_critical and kl_other (the chosen estimator on critical
-      and on other tokens), certainty_mean, certainty_critical and weight_mean.
+      kl_weighted (mean of w·k), kl_critical and kl_other (the chosen penalty on critical
+      and on other tokens), certainty_mean, certainty_critical, weight_mean (of w) and
+      pg_weight_mean (of u).
   """
   return _policy_loss(_a2c_actor, logits, values, ref_logits, traj, advantages, returns,
-                      kl_weights, cfg)
+                      kl_weights, cfg, pg_weights)
 
 
 def ppo_loss(logits: chex.Array, values: chex.Array, ref_logits: chex.Array, traj: Trajectory,
              advantages: chex.Array, returns: chex.Array, kl_weights: chex.Array,
-             cfg: LossConfig) -> tuple[jnp.ndarray, Metrics]:
+             cfg: LossConfig, pg_weights: chex.Array | None = None) -> tuple[jnp.ndarray, Metrics]:
   """PPO loss with a (prioritized) KL penalty.
 
   As `a2c_loss` (same arguments and shapes) with the clipped surrogate as actor term,
-  −mean_t[min(r·A, clip(r, 1 ± ε)·A)], r = exp(logp − traj.logp). The metrics add
+  −mean_t[u_t·min(r·A, clip(r, 1 ± ε)·A)], r = exp(logp − traj.logp). The metrics add
   clip_fraction (share of tokens with |r − 1| > ε) and approx_kl (k3 of KL(π_old‖π_θ)).
   """
   return _policy_loss(_ppo_actor, logits, values, ref_logits, traj, advantages, returns,
-                      kl_weights, cfg)
+                      kl_weights, cfg, pg_weights)
+
+
+def _sampled_kl(traj: Trajectory, cfg: LossConfig) -> jnp.ndarray:
+  """k(ρ) per token [B, T] at the sampling policy, ρ = traj.logp − traj.ref_logp; 0 off the mask."""
+  return _estimate(_masked_log_ratio(traj.logp, traj.ref_logp, traj.mask), cfg.estimator)
 
 
 def kl_reward_penalty(traj: Trajectory, kl_weights: chex.Array, cfg: LossConfig) -> jnp.ndarray:
   """Per-token reward penalty −α·w·k(ρ) of the PPO-RLHF placement, ρ = traj.logp − traj.ref_logp.
 
-  It is zero unless `cfg.use_kl and cfg.kl_in_reward`, the case in which the losses leave their
-  KL term out: a caller can always add it to the rewards before computing the advantages.
+  It is zero unless `cfg.use_kl` and `cfg.kl_placement` is "reward", the case in which the
+  losses leave their KL term out: a caller can always add it to the rewards before computing the
+  advantages.
 
   Args:
     traj: the batch (its log-probabilities are those of the sampling policy).
@@ -376,8 +579,38 @@ def kl_reward_penalty(traj: Trajectory, kl_weights: chex.Array, cfg: LossConfig)
   """
   validate_loss_config(cfg)
   chex.assert_equal_shape([traj.logp, traj.ref_logp, traj.mask, kl_weights])
-  if not (cfg.use_kl and cfg.kl_in_reward):
+  if not (cfg.use_kl and cfg.kl_placement == "reward"):
     return jnp.zeros_like(traj.logp)
-  rho = _masked_log_ratio(traj.logp, traj.ref_logp, traj.mask)
-  penalty = -cfg.kl_coef * kl_weights * _estimate(rho, cfg.estimator) * traj.mask
+  penalty = -cfg.kl_coef * kl_weights * _sampled_kl(traj, cfg) * traj.mask
   return jax.lax.stop_gradient(penalty)
+
+
+def kl_advantage_penalty(traj: Trajectory, kl_weights: chex.Array,
+                         cfg: LossConfig) -> jnp.ndarray:
+  """Per-token advantage shift α·(mean_valid(w·k) − w_t·k_t) of the "advantage" placement.
+
+  k = k(ρ), ρ = traj.logp − traj.ref_logp, and the mean is over the valid tokens of the batch.
+  Added to the advantages (after `advantages.gae` and any normalisation, so that α keeps its
+  scale), it makes the actor term carry the penalty at each token only, not through the returns
+  of the earlier tokens as in the "reward" placement. With k1, the actor gradient gains
+  α·mean_t[w_t·ρ_t·∇log π_θ(a_t)], the REINFORCE form of the weighted KL gradient, minus a
+  baseline term of mean zero; the centring keeps the advantages' batch mean.
+
+  It is zero unless `cfg.use_kl` and `cfg.kl_placement` is "advantage", the case in which the
+  losses leave their KL term out.
+
+  Args:
+    traj: the batch (its log-probabilities are those of the sampling policy).
+    kl_weights: [B, T], as for `a2c_loss`.
+    cfg: the hyper-parameters.
+
+  Returns:
+    [B, T], the shift, 0 where `traj.mask` is 0; not differentiated.
+  """
+  validate_loss_config(cfg)
+  chex.assert_equal_shape([traj.logp, traj.ref_logp, traj.mask, kl_weights])
+  if not (cfg.use_kl and cfg.kl_placement == "advantage"):
+    return jnp.zeros_like(traj.logp)
+  penalty = kl_weights * _sampled_kl(traj, cfg) * traj.mask
+  shift = cfg.kl_coef * (masked_mean(penalty, traj.mask) - penalty) * traj.mask
+  return jax.lax.stop_gradient(shift)

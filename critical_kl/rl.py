@@ -74,7 +74,8 @@ def loss_config(config: ml_collections.ConfigDict) -> losses.LossConfig:
   return losses.LossConfig(
       estimator=config.estimator, kl_coef=config.kl_coef, value_coef=config.value_coef,
       entropy_coef=config.entropy_coef, temperature=config.temperature,
-      clip_eps=config.clip_eps, kl_in_reward=config.kl_in_reward, use_kl=config.use_kl)
+      clip_eps=config.clip_eps, use_kl=config.use_kl,
+      kl_placement="reward" if config.kl_in_reward else "loss")
 
 
 class Task(NamedTuple):

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from critical_kl import advantages
 from critical_kl import losses
 from critical_kl.trajectory import MAX_LENGTH, Trajectory
 
@@ -16,6 +17,12 @@ def np_log_softmax(logits, temperature):
   z = np.asarray(logits, np.float64) / temperature
   z = z - z.max(axis=-1, keepdims=True)
   return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def true_kl(logits, ref_logits, temperature=1.0):
+  """KL(softmax(logits / τ)‖softmax(ref_logits / τ)) over the last axis, without `losses`."""
+  p, r = jax.nn.softmax(logits / temperature), jax.nn.softmax(ref_logits / temperature)
+  return jnp.sum(p * (jnp.log(p) - jnp.log(r)), axis=-1)
 
 
 # ----------------------------------------------------------------- estimators, certainty, weights
@@ -91,6 +98,130 @@ def test_prioritized_weights():
   np.testing.assert_allclose(vmapped, [[1.0, 1.0, 1.0], [0.0, 0.25, 1.0]])
 
 
+# Two members on three tokens at τ = 4: p₁ = (½, ¼, ¼), p₂ = (¼, ½, ¼), mixture (⅜, ⅜, ¼).
+TWO_MEMBERS = 4.0 * np.log(np.array([[0.5, 0.25, 0.25], [0.25, 0.5, 0.25]]))
+MIXTURE_ENTROPY = -2 * 0.375 * math.log(0.375) - 0.25 * math.log(0.25)
+TWO_MEMBERS_INFORMATION = (MIXTURE_ENTROPY - 1.5 * LOG2) / LOG3  # Each member has H = 1.5·log 2.
+
+
+@pytest.mark.parametrize("method, expected", [
+    ("negentropy", 1.0 - MIXTURE_ENTROPY / LOG3),
+    ("negentropy_max_prob", 1.0 + math.log(0.375) / LOG3),
+    ("max_prob", 0.375),
+])
+def test_ensemble_certainty_hand_computed(method, expected):
+  np.testing.assert_allclose(losses.ensemble_certainty(TWO_MEMBERS, method, temperature=4.0),
+                             expected, rtol=1e-5)
+  np.testing.assert_allclose(
+      losses.ensemble_certainty(TWO_MEMBERS, method, temperature=4.0, epistemic=True),
+      max(expected - TWO_MEMBERS_INFORMATION, 0.0), rtol=1e-5, atol=1e-7)
+
+
+def test_ensemble_mutual_information_hand_computed():
+  np.testing.assert_allclose(losses.ensemble_mutual_information(TWO_MEMBERS, temperature=4.0),
+                             TWO_MEMBERS_INFORMATION, rtol=1e-5)
+  identical = np.stack([TWO_MEMBERS[0]] * 3)
+  np.testing.assert_allclose(losses.ensemble_mutual_information(identical), 0.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", losses.CERTAINTY_METHODS)
+@pytest.mark.parametrize("epistemic", [False, True])
+def test_ensemble_of_one_or_of_copies_is_one_model(method, epistemic):
+  logits = np.random.default_rng(2).normal(size=(2, 3, 7)) * 3
+  single = losses.certainty(logits, method, temperature=4.0)
+  for members in (logits[None], np.stack([logits] * 4)):
+    np.testing.assert_allclose(
+        losses.ensemble_certainty(members, method, temperature=4.0, epistemic=epistemic), single,
+        rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", losses.CERTAINTY_METHODS)
+def test_ensemble_certainty_range_and_disagreement(method):
+  members = np.random.default_rng(3).normal(size=(5, 4, 6, 11)) * 4
+  plain = np.asarray(losses.ensemble_certainty(members, method))
+  strict = np.asarray(losses.ensemble_certainty(members, method, epistemic=True))
+  information = np.asarray(losses.ensemble_mutual_information(members))
+  for x in (plain, strict, information):
+    assert np.all((x >= 0) & (x <= 1))
+  assert np.all(information > 1e-3)  # Random members disagree...
+  assert np.all(strict < plain)  # ...which the epistemic term penalises once more.
+  grad = jax.grad(lambda m: jnp.sum(losses.ensemble_certainty(m, method, epistemic=True)))(members)
+  np.testing.assert_array_equal(grad, 0.0)
+  with pytest.raises(ValueError, match="K, ..., V"):
+    losses.ensemble_certainty(members[0, 0, 0])
+
+
+def test_ensemble_logits_are_the_mixture_at_their_temperature():
+  members = np.random.default_rng(4).normal(size=(3, 2, 5, 7)) * 2
+  for temperature in (1.0, 2.0):
+    mixture = np.mean(np.exp(np_log_softmax(members, temperature)), axis=0)
+    ref_logits = losses.ensemble_logits(members, temperature)
+    np.testing.assert_allclose(jax.nn.softmax(ref_logits / temperature), mixture, rtol=1e-5)
+    # As reference logits: the KL to the mixture, and the mixture's probability of a token.
+    logits = members[0] + 1.0
+    expected = np.sum(np.exp(np_log_softmax(logits, temperature))
+                      * (np_log_softmax(logits, temperature) - np.log(mixture)), axis=-1)
+    np.testing.assert_allclose(losses.exact_kl(logits, ref_logits, temperature), expected,
+                               rtol=1e-4, atol=1e-6)
+    tokens = np.zeros((2, 5), np.int32)
+    ref_logp, _ = losses.token_logp_and_entropy(ref_logits, tokens, temperature)
+    np.testing.assert_allclose(ref_logp, np.log(mixture[..., 0]), rtol=1e-5)
+    np.testing.assert_allclose(losses.ensemble_certainty(members, "max_prob", temperature),
+                               mixture.max(-1), rtol=1e-5)
+
+
+def test_entropy_weights():
+  entropy = np.array([0.0, 1.0, 3.0])
+  np.testing.assert_allclose(losses.entropy_weights(entropy, 2.0), [1.0, 1 / 4, 1 / 16])
+  np.testing.assert_array_equal(losses.entropy_weights(entropy, 0.0), np.ones(3))
+  swept = jax.jit(jax.vmap(lambda c: losses.entropy_weights(entropy, c)))(jnp.array([0.0, 1.0]))
+  np.testing.assert_allclose(swept, [[1.0, 1.0, 1.0], [1.0, 1 / 2, 1 / 4]])
+  grad = jax.grad(lambda h: jnp.sum(losses.entropy_weights(h, 1.0)))(jnp.asarray(entropy))
+  np.testing.assert_array_equal(grad, 0.0)
+  with pytest.raises(ValueError, match="exponent"):
+    losses.entropy_weights(entropy, -1.0)
+
+
+# Valid entropies 1, 2, 3, 6, 7, 8; the padded ones (5, 9, 4, 0.5) are never kept.
+TOP_ENTROPY = np.array([[5.0, 1.0, 2.0, 3.0, 9.0], [4.0, 0.5, 6.0, 7.0, 8.0]])
+TOP_MASK = np.array([[0, 1, 1, 1, 0], [0, 0, 1, 1, 1]], np.float32)
+
+
+@pytest.mark.parametrize("share, kept", [
+    (1.0, [1, 2, 3, 6, 7, 8]),
+    (0.5, [6, 7, 8]),  # The ½-quantile is 4.5.
+    (1 / 3, [7, 8]),  # The ⅔-quantile is 6 + ⅓.
+    (0.1, [8]),
+])
+def test_top_entropy_mask_hand_computed(share, kept):
+  expected = np.isin(TOP_ENTROPY, kept) & (TOP_MASK > 0)
+  np.testing.assert_array_equal(losses.top_entropy_mask(TOP_ENTROPY, TOP_MASK, share), expected)
+
+
+def test_top_entropy_mask_vmaps_over_the_share_and_checks_it():
+  shares = jnp.array([1.0, 0.5, 1 / 3])
+  swept = jax.jit(jax.vmap(lambda r: losses.top_entropy_mask(TOP_ENTROPY, TOP_MASK, r)))(shares)
+  np.testing.assert_array_equal(swept.sum(axis=(1, 2)), [6, 3, 2])
+  np.testing.assert_array_equal(losses.top_entropy_mask(TOP_ENTROPY, np.zeros((2, 5)), 0.5), 0)
+  for bad in (0.0, 1.5):
+    with pytest.raises(ValueError, match="top_share"):
+      losses.top_entropy_mask(TOP_ENTROPY, TOP_MASK, bad)
+
+
+def test_critical_mask_weights_and_correct_prefix():
+  tokens = np.array([[7, 1, 2, 3, 4, 0], [7, 1, 5, 3, 4, 4]])
+  target = np.array([[9, 1, 2, 3, 4, 6], [9, 1, 2, 3, 4, 6]])
+  mask = np.array([[0, 1, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1]])
+  prefix = losses.correct_prefix(tokens, target, mask)
+  # The second episode goes wrong at position 2: that token still has a correct prefix.
+  np.testing.assert_array_equal(prefix, [[0, 1, 1, 1, 1, 0], [0, 1, 1, 0, 0, 0]])
+  critical = np.array([[0, 0, 1, 0, 1, 0], [0, 0, 1, 0, 1, 0]], bool)
+  np.testing.assert_array_equal(losses.critical_mask_weights(critical),
+                                [[1, 1, 0, 1, 0, 1], [1, 1, 0, 1, 0, 1]])
+  np.testing.assert_array_equal(losses.critical_mask_weights(critical, prefix),
+                                [[1, 1, 0, 1, 0, 1], [1, 1, 0, 1, 1, 1]])
+
+
 def test_exact_kl_matches_numpy():
   rng = np.random.default_rng(0)
   logits, ref_logits = rng.normal(size=(2, 3, 5, 11)) * 2
@@ -145,11 +276,18 @@ def test_estimator_gradients_against_exact_kl():
   (iii) k1 differentiated naively in the loss: ∇ρ = ∇log π_θ(a), whose expectation is
        Σ_a ∇π_θ(a) = 0, so the penalty has no effect on average although ∇KL ≠ 0;
   (iv) k3 differentiated in the loss: ∇k3 = (1 − π_ref(a)/π_θ(a))·∇log π_θ(a), whose expectation
-       is −E_a~π_ref[∇log π_θ(a)] = ∇KL(π_ref‖π_θ), the reverse KL, not ∇KL(π_θ‖π_ref).
+       is −E_a~π_ref[∇log π_θ(a)] = ∇KL(π_ref‖π_θ), the reverse KL, not ∇KL(π_θ‖π_ref);
+  (v) the exact KL in the loss ("exact"): ∇KL itself, with no sampling error, for any a.
   """
-  grad_kl = jax.grad(lambda theta: losses.exact_kl(theta, REF, 1.0))(THETA)
-  grad_reverse_kl = jax.grad(lambda theta: losses.exact_kl(REF, theta, 1.0))(THETA)
+  grad_kl = jax.grad(lambda theta: true_kl(theta, REF))(THETA)
+  grad_reverse_kl = jax.grad(lambda theta: true_kl(REF, theta))(THETA)
   assert np.linalg.norm(grad_kl - grad_reverse_kl) > 10 * MC_ATOL  # They are distinguishable.
+  # ∂KL/∂θ_j = π_j·(ρ_j − KL) at τ = 1, by hand.
+  p, rho = jax.nn.softmax(THETA), jax.nn.log_softmax(THETA) - jax.nn.log_softmax(REF)
+  np.testing.assert_allclose(grad_kl, p * (rho - jnp.sum(p * rho)), atol=1e-6)
+
+  exact = sampled_gradient(lambda theta: jnp.full(ACTIONS.shape, losses.exact_kl(theta, REF, 1.0)))
+  np.testing.assert_allclose(exact, grad_kl, atol=1e-6)
 
   k2 = sampled_gradient(lambda theta: 0.5 * jnp.square(sampled_rho(theta)))
   np.testing.assert_allclose(k2, grad_kl, atol=MC_ATOL)
@@ -234,12 +372,14 @@ def test_kl_gradient_flows_through_the_policy_log_prob():
   np.testing.assert_allclose(grad, coef[..., None] * grad_logp, atol=1e-6)
 
 
+@pytest.mark.parametrize("estimator", ["k3", "exact"])
 @pytest.mark.parametrize("loss_fn", [losses.a2c_loss, losses.ppo_loss])
-def test_masked_positions_change_nothing(loss_fn):
-  cfg = losses.LossConfig(estimator="k3")
+def test_masked_positions_change_nothing(loss_fn, estimator):
+  cfg = losses.LossConfig(estimator=estimator)
   logits, values, ref_logits, traj, adv, ret = make_batch()
   weights = jnp.ones((B, T))
   off = MASK == 0
+  pg_weights = jnp.where(off, 0.5, jnp.ones((B, T)))
   rng = np.random.default_rng(5)
   # Extreme log-probabilities off the mask would overflow k3 and the PPO ratio if not guarded.
   perturbed = (
@@ -252,10 +392,10 @@ def test_masked_positions_change_nothing(loss_fn):
       jnp.where(off, 7.0, ret),
   )
   value_and_grad = jax.value_and_grad(
-      lambda lg, v, r, tr, a, rt: loss_fn(lg, v, r, tr, a, rt, weights, cfg), argnums=(0, 1),
-      has_aux=True)
+      lambda lg, v, r, tr, a, rt, u=None: loss_fn(lg, v, r, tr, a, rt, weights, cfg, u),
+      argnums=(0, 1), has_aux=True)
   (loss, metrics), grads = value_and_grad(logits, values, ref_logits, traj, adv, ret)
-  (loss2, metrics2), grads2 = value_and_grad(*perturbed)
+  (loss2, metrics2), grads2 = value_and_grad(*perturbed, pg_weights)
   np.testing.assert_allclose(loss2, loss, rtol=1e-6)
   for name in metrics:
     np.testing.assert_allclose(metrics2[name], metrics[name], rtol=1e-5, err_msg=name)
@@ -273,8 +413,98 @@ def test_kl_term_can_be_switched_off():
   without_kl = losses.a2c_loss(*args, ones, cfg.replace(kl_coef=0.0))[0]
   assert abs(with_kl - without_kl) > 1e-3
   for weights, variant in [(zeros, cfg), (ones, cfg.replace(use_kl=False)),
-                           (ones, cfg.replace(kl_in_reward=True))]:
+                           (ones, cfg.replace(kl_placement="reward")),
+                           (ones, cfg.replace(kl_placement="advantage"))]:
     np.testing.assert_allclose(losses.a2c_loss(*args, weights, variant)[0], without_kl, rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss_fn", [losses.a2c_loss, losses.ppo_loss])
+def test_default_policy_gradient_weights_are_ones_exactly(loss_fn):
+  """The "loss" placement and pg_weights=None are the loss as it was: unweighted, KL in the loss."""
+  logits, values, ref_logits, traj, adv, ret = make_batch()
+  weights = losses.prioritized_weights(traj.certainty, 2.0)
+  args = (values, ref_logits, traj, adv, ret, weights)
+  value_and_grad = jax.value_and_grad(
+      lambda x, cfg, u: loss_fn(x, *args, cfg, u), has_aux=True)
+  (loss, metrics), grad = value_and_grad(logits, losses.LossConfig(), None)
+  (loss1, metrics1), grad1 = value_and_grad(logits, losses.LossConfig(kl_placement="loss"),
+                                            jnp.ones((B, T)))
+  np.testing.assert_array_equal(loss1, loss)
+  np.testing.assert_array_equal(grad1, grad)
+  assert metrics1.keys() == metrics.keys()
+  np.testing.assert_array_equal(metrics["pg_weight_mean"], 1.0)
+
+
+@pytest.mark.parametrize("loss_fn", [losses.a2c_loss, losses.ppo_loss])
+def test_policy_gradient_weights_scale_each_token(loss_fn):
+  """With u on the actor term only, the gradient at token t is u_t times the unweighted one."""
+  cfg = losses.LossConfig(value_coef=0.0, entropy_coef=0.0, use_kl=False)
+  logits, values, ref_logits, traj, adv, ret = make_batch()
+  # PPO at r = e^0.3 > 1 + ε: clipped where A > 0; the weights multiply either branch.
+  traj = traj.replace(logp=losses.token_logp_and_entropy(logits, traj.tokens, 2.0)[0] - 0.3)
+  u = jnp.asarray(np.random.default_rng(6).uniform(size=(B, T)), jnp.float32)
+  value_and_grad = jax.value_and_grad(
+      lambda x, w: loss_fn(x, values, ref_logits, traj, adv, ret, jnp.ones((B, T)), cfg, w),
+      has_aux=True)
+  (_, metrics), grad = value_and_grad(logits, None)
+  (_, weighted), grad_u = value_and_grad(logits, u)
+  np.testing.assert_allclose(grad_u, u[..., None] * grad, atol=1e-7)
+  np.testing.assert_allclose(weighted["pg_weight_mean"], np.sum(u * MASK) / MASK.sum(), rtol=1e-6)
+  if loss_fn is losses.a2c_loss:
+    logp = losses.token_logp_and_entropy(logits, traj.tokens, cfg.temperature)[0]
+    np.testing.assert_allclose(weighted["actor_loss"],
+                               -np.sum(u * logp * adv * MASK) / MASK.sum(), rtol=1e-5)
+  assert abs(weighted["actor_loss"] - metrics["actor_loss"]) > 1e-3
+
+
+@pytest.mark.parametrize("loss_fn", [losses.a2c_loss, losses.ppo_loss])
+def test_exact_penalty_gradient_is_the_true_kl_gradient(loss_fn):
+  cfg = losses.LossConfig(estimator="exact", value_coef=0.0, entropy_coef=0.0)
+  logits, values, ref_logits, traj, _, ret = make_batch()
+  traj = traj.replace(logp=losses.token_logp_and_entropy(logits, traj.tokens, 2.0)[0])
+  weights = losses.prioritized_weights(traj.certainty, 2.0)
+  zeros = jnp.zeros((B, T))
+  (_, metrics), grad = jax.value_and_grad(
+      lambda x: loss_fn(x, values, ref_logits, traj, zeros, ret, weights, cfg),
+      has_aux=True)(logits)
+  expected = jax.grad(lambda x: 5.0 * jnp.sum(weights * MASK * true_kl(x, ref_logits, 2.0))
+                      / MASK.sum())(logits)
+  np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-9)
+  assert np.abs(expected).max() > 1e-3
+  np.testing.assert_allclose(metrics["kl_weighted"],
+                             np.sum(weights * MASK * true_kl(logits, ref_logits, 2.0)) / MASK.sum(),
+                             rtol=1e-5)
+
+
+@pytest.mark.parametrize("placement, estimator", [
+    ("loss", "k2"), ("loss", "exact"), ("reward", "k1"), ("advantage", "k1")])
+def test_every_placement_follows_the_kl_gradient(placement, estimator):
+  """∇ of the A2C loss on one-token episodes a ~ π_θ, penalty placed as chosen, ≈ α·∇KL(π_θ‖π_ref).
+
+  "reward" and "advantage" carry the penalty through the advantages: with k1 they are the
+  REINFORCE form (ii) of `test_estimator_gradients_against_exact_kl`; "advantage" adds a
+  baseline of mean zero.
+  """
+  cfg = losses.LossConfig(estimator=estimator, kl_placement=placement, kl_coef=1.0,
+                          value_coef=0.0, entropy_coef=0.0, temperature=1.0)
+  n = ACTIONS.shape[0]
+  tokens = ACTIONS[:, None].astype(jnp.int32)
+  ones, zeros = jnp.ones((n, 1)), jnp.zeros((n, 1))
+  as_logits = lambda theta: jnp.broadcast_to(theta, (n, 1, THETA.shape[0]))
+  logp, entropy = losses.token_logp_and_entropy(as_logits(THETA), tokens, 1.0)
+  ref_logp, _ = losses.token_logp_and_entropy(as_logits(REF), tokens, 1.0)
+  traj = Trajectory(
+      tokens=tokens, mask=ones, logp=logp, values=zeros, entropy=entropy, rewards=zeros,
+      prompt_lengths=jnp.zeros(n, jnp.int32), lengths=jnp.ones(n, jnp.int32),
+      termination=jnp.full(n, MAX_LENGTH), solved=jnp.zeros(n, bool), ref_logp=ref_logp,
+      certainty=ones, critical=jnp.zeros((n, 1), bool))
+  rewards = traj.rewards + losses.kl_reward_penalty(traj, ones, cfg)
+  adv, ret = advantages.gae(rewards, traj.values, traj.mask, 1.0, 1.0)
+  adv = adv + losses.kl_advantage_penalty(traj, ones, cfg)
+  grad = jax.grad(lambda theta: losses.a2c_loss(as_logits(theta), zeros, as_logits(REF), traj,
+                                                adv, ret, ones, cfg)[0])(THETA)
+  grad_kl = jax.grad(lambda theta: true_kl(theta, REF))(THETA)
+  np.testing.assert_allclose(grad, grad_kl, atol=2 * MC_ATOL)
 
 
 def test_a2c_loss_jits_and_vmaps_over_beta():
@@ -332,22 +562,74 @@ def test_ppo_clipping():
 def test_kl_reward_penalty():
   logits, values, ref_logits, traj, adv, ret = make_batch()
   weights = losses.prioritized_weights(traj.certainty, 2.0)
-  cfg = losses.LossConfig(kl_in_reward=True, estimator="k1")
+  cfg = losses.LossConfig(kl_placement="reward", estimator="k1")
   rho = np.asarray(traj.logp - traj.ref_logp)
   np.testing.assert_allclose(losses.kl_reward_penalty(traj, weights, cfg),
                              -5.0 * weights * rho * MASK, rtol=1e-5, atol=1e-7)
   # Only one placement of the penalty is active at a time.
-  for off in (cfg.replace(kl_in_reward=False), cfg.replace(use_kl=False)):
+  for off in (cfg.replace(kl_placement="loss"), cfg.replace(kl_placement="advantage"),
+              cfg.replace(use_kl=False)):
     np.testing.assert_array_equal(losses.kl_reward_penalty(traj, weights, off), 0.0)
   grad = jax.grad(lambda lp: jnp.sum(losses.kl_reward_penalty(traj.replace(logp=lp), weights,
                                                               cfg)))(traj.logp)
   np.testing.assert_array_equal(grad, 0.0)
 
 
-@pytest.mark.parametrize("field, value", [
-    ("estimator", "k5"), ("temperature", 0.0), ("kl_coef", -1.0), ("value_coef", -0.1),
-    ("entropy_coef", -1e-3), ("clip_eps", -0.2)])
-def test_validate_loss_config_rejects(field, value):
+def test_kl_advantage_penalty_hand_computed():
+  _, _, _, traj, _, _ = make_batch()
+  weights = losses.prioritized_weights(traj.certainty, 2.0)
+  cfg = losses.LossConfig(kl_placement="advantage", estimator="k2")
+  weighted = weights * 0.5 * np.asarray(traj.logp - traj.ref_logp)**2 * MASK
+  mean = weighted.sum() / MASK.sum()
+  shift = losses.kl_advantage_penalty(traj, weights, cfg)
+  np.testing.assert_allclose(shift, 5.0 * (mean - weighted) * MASK, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(np.sum(shift), 0.0, atol=1e-5)  # Centred over the valid tokens.
+  for off in (cfg.replace(kl_placement="loss"), cfg.replace(kl_placement="reward"),
+              cfg.replace(use_kl=False)):
+    np.testing.assert_array_equal(losses.kl_advantage_penalty(traj, weights, off), 0.0)
+  grad = jax.grad(lambda lp: jnp.sum(losses.kl_advantage_penalty(traj.replace(logp=lp), weights,
+                                                                 cfg)))(traj.logp)
+  np.testing.assert_array_equal(grad, 0.0)
+
+
+@pytest.mark.parametrize("estimator", losses.ESTIMATORS)
+@pytest.mark.parametrize("placement", losses.KL_PLACEMENTS)
+def test_padding_never_leaks_into_advantages_or_returns(placement, estimator):
+  """Rewards, values, log-probabilities and weights of padded tokens, as the RL iteration
+  combines them (reward penalty → GAE → advantage shift), change nothing on valid tokens."""
+  cfg = losses.LossConfig(kl_placement=placement, estimator=estimator)
+  _, _, _, traj, _, _ = make_batch()
+  weights = losses.prioritized_weights(traj.certainty, 2.0)
+
+  def placed(tr, w):
+    rewards = tr.rewards + losses.kl_reward_penalty(tr, w, cfg)
+    adv, ret = advantages.gae(rewards, tr.values, tr.mask, 1.0, 0.95)
+    return adv + losses.kl_advantage_penalty(tr, w, cfg), ret
+
+  off = MASK == 0
+  perturbed = traj.replace(rewards=jnp.where(off, 9.0, traj.rewards),
+                           values=jnp.where(off, -40.0, traj.values),
+                           logp=jnp.where(off, 150.0, traj.logp),
+                           ref_logp=jnp.where(off, -150.0, traj.ref_logp))
+  adv, ret = placed(traj, weights)
+  adv2, ret2 = placed(perturbed, jnp.where(off, 7.0, weights))
+  for x, x2 in ((adv, adv2), (ret, ret2)):
+    np.testing.assert_allclose(x2, x, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(np.asarray(x2)[off], 0.0)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("estimator", "k5", "k1, k2, k3, exact"), ("kl_placement", "everywhere", "loss, reward"),
+    ("temperature", 0.0, "temperature"), ("kl_coef", -1.0, "kl_coef"),
+    ("value_coef", -0.1, "value_coef"), ("entropy_coef", -1e-3, "entropy_coef"),
+    ("clip_eps", -0.2, "clip_eps")])
+def test_validate_loss_config_rejects(field, value, message):
   losses.validate_loss_config(losses.LossConfig())
-  with pytest.raises(ValueError, match=field if field != "estimator" else "k1, k2, k3"):
+  with pytest.raises(ValueError, match=message):
     losses.validate_loss_config(losses.LossConfig(**{field: value}))
+
+
+@pytest.mark.parametrize("placement", ["reward", "advantage"])
+def test_exact_penalty_only_in_the_loss(placement):
+  with pytest.raises(ValueError, match="exact"):
+    losses.validate_loss_config(losses.LossConfig(estimator="exact", kl_placement=placement))
