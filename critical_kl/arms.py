@@ -1,7 +1,8 @@
-"""The arms of an RL comparison: what differs between them is the KL token weights, α or the rate.
+"""The arms of an RL comparison: what differs between them is the token weights, α or the rate.
 
 Every arm runs the same seeds, problems and keys (SPEC §7.6); an arm is a rule for the KL token
-weights w_t, a factor on α and optionally its own learning rate:
+weights w_t, a factor on α, optionally a mask of the policy-gradient term and its own learning
+rate:
 
   standard       w = 1
   prioritized    w = Ĵ^β, the paper's penalty (β from the config, or `prioritized+beta=500`)
@@ -11,10 +12,14 @@ weights w_t, a factor on α and optionally its own learning rate:
   oracle         w = 0 on the critical positions while the episode's prefix is still correct,
                  1 elsewhere: what the prioritized weights approximate
   no_kl          α = 0: "ignore the KL penalty" taken literally
+  entropy        w = (1 + H(π_ref))^−c, the reference's Shannon entropy at τ_c (c = 1 unless set)
 
 An arm list is a comma-separated string (the config field `arms`), e.g.
 "standard,prioritized,matched,oracle,no_kl"; `+key=value` suffixes override one arm's `beta`,
-`lr` (learning rate) or `kl` (factor on α): "standard+lr=1e-4", "prioritized+beta=500".
+`lr` (learning rate), `kl` (factor on α), `c` (the entropy rule's exponent) or `rho`: the
+policy-gradient term then counts only the top-ρ share of tokens by policy entropy
+(`losses.top_entropy_mask`; ρ = 1, the default, counts every token). Examples:
+"standard+lr=1e-4", "prioritized+beta=500", "prioritized+rho=0.2", "entropy+c=4".
 """
 import dataclasses
 from typing import NamedTuple
@@ -22,10 +27,12 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-KINDS = ("standard", "prioritized", "matched", "oracle", "no_kl")
-# The weights rule of each kind: "certainty" is Ĵ^β, "ones" is 1, "oracle" the critical mask.
-_RULES = {"standard": "ones", "prioritized": "certainty", "matched": "ones", "oracle": "oracle",
-          "no_kl": "ones"}
+KINDS = ("standard", "prioritized", "matched", "oracle", "no_kl", "entropy")
+# The KL weights rule of each kind: "certainty" is Ĵ^β (ones at β = 0), "oracle" the critical
+# mask, "entropy" (1 + H)^−c. Codes of `RunArms.rule`, in this order.
+RULES = ("certainty", "oracle", "entropy")
+_RULES = {"standard": "certainty", "prioritized": "certainty", "matched": "certainty",
+          "oracle": "oracle", "no_kl": "certainty", "entropy": "entropy"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,12 +45,16 @@ class Arm:
     beta: β of the certainty weights (used by "prioritized" only).
     kl_scale: factor on α; None for "matched" until `resolve_matched` sets it.
     learning_rate: the arm's own learning rate, None for the config's.
+    entropy_exponent: c of the "entropy" rule.
+    pg_top_share: ρ of the policy-gradient mask, 1 for none.
   """
   name: str
   kind: str
   beta: float = 0.0
   kl_scale: float | None = 1.0
   learning_rate: float | None = None
+  entropy_exponent: float = 1.0
+  pg_top_share: float = 1.0
 
   @property
   def rule(self) -> str:
@@ -52,15 +63,18 @@ class Arm:
 
 def _override(arm: Arm, item: str) -> Arm:
   key, sep, value = item.partition("=")
-  fields = {"beta": "beta", "lr": "learning_rate", "kl": "kl_scale"}
+  fields = {"beta": "beta", "lr": "learning_rate", "kl": "kl_scale", "c": "entropy_exponent",
+            "rho": "pg_top_share"}
   if not sep or key not in fields:
-    raise ValueError(f"arm {arm.name!r}: cannot read {item!r}; expected beta=, lr= or kl=")
+    raise ValueError(f"arm {arm.name!r}: cannot read {item!r}; expected one of "
+                     f"{', '.join(k + '=' for k in fields)}")
   try:
     number = float(value)
   except ValueError:
     raise ValueError(f"arm {arm.name!r}: {key} must be a number, got {value!r}") from None
-  if number < 0 or (key == "lr" and number == 0):
-    raise ValueError(f"arm {arm.name!r}: {key} must be {'> 0' if key == 'lr' else '>= 0'}")
+  if number < 0 or (key in ("lr", "rho") and number == 0) or (key == "rho" and number > 1):
+    raise ValueError(f"arm {arm.name!r}: {key} must be "
+                     f"{ {'lr': '> 0', 'rho': 'in (0, 1]'}.get(key, '>= 0') }, got {number}")
   return dataclasses.replace(arm, **{fields[key]: number})
 
 
@@ -102,13 +116,17 @@ class RunArms(NamedTuple):
   """Per-run fields of the arms, for the vmapped iteration; each [R] (a scalar for one run).
 
   Attributes:
+    rule: int32, the KL weights rule, an index into RULES.
     beta: float32, β of the certainty weights (0 gives ones).
     kl_scale: float32, factor on α.
-    oracle: bool, the weights are the oracle's critical mask instead of Ĵ^β.
+    entropy_exponent: float32, c of the entropy rule.
+    pg_top_share: float32, ρ of the policy-gradient mask (1: every token).
   """
+  rule: jnp.ndarray
   beta: jnp.ndarray
   kl_scale: jnp.ndarray
-  oracle: jnp.ndarray
+  entropy_exponent: jnp.ndarray
+  pg_top_share: jnp.ndarray
 
 
 def run_arms(arms_of_runs: list[Arm]) -> RunArms:
@@ -116,7 +134,10 @@ def run_arms(arms_of_runs: list[Arm]) -> RunArms:
   for arm in arms_of_runs:
     if arm.kl_scale is None:
       raise ValueError(f"arm {arm.name!r}: its α factor is not set (see resolve_matched)")
-  return RunArms(beta=np.array([a.beta if a.rule == "certainty" else 0.0 for a in arms_of_runs],
+  column = lambda field, dtype: np.array([getattr(a, field) for a in arms_of_runs], dtype)
+  return RunArms(rule=np.array([RULES.index(a.rule) for a in arms_of_runs], np.int32),
+                 beta=np.array([a.beta if a.kind == "prioritized" else 0.0 for a in arms_of_runs],
                                np.float32),
-                 kl_scale=np.array([a.kl_scale for a in arms_of_runs], np.float32),
-                 oracle=np.array([a.rule == "oracle" for a in arms_of_runs], bool))
+                 kl_scale=column("kl_scale", np.float32),
+                 entropy_exponent=column("entropy_exponent", np.float32),
+                 pg_top_share=column("pg_top_share", np.float32))

@@ -74,8 +74,7 @@ def loss_config(config: ml_collections.ConfigDict) -> losses.LossConfig:
   return losses.LossConfig(
       estimator=config.estimator, kl_coef=config.kl_coef, value_coef=config.value_coef,
       entropy_coef=config.entropy_coef, temperature=config.temperature,
-      clip_eps=config.clip_eps, use_kl=config.use_kl,
-      kl_placement="reward" if config.kl_in_reward else "loss")
+      clip_eps=config.clip_eps, use_kl=config.use_kl, kl_placement=config.kl_placement)
 
 
 class Task(NamedTuple):
@@ -111,20 +110,6 @@ def make_batch(operands: np.ndarray, task: Task) -> Batch:
   correct = np.where(np.arange(total)[None, :] < lengths[:, None], correct, -1).astype(np.int32)
   return Batch(problems, critical_positions(operands, task.n_max, problems.prompt_lengths, total),
                correct)
-
-
-def on_correct_path(tokens, correct, mask) -> jnp.ndarray:
-  """bool [B, T]: every generated token before position t equals the correct completion's.
-
-  A critical position counts as one only while this holds: after an early mistake the episode's
-  text there is something else (SPEC §6, selectivity on sampled episodes).
-
-  Args:
-    tokens: int32 [B, T], the episodes; correct: int32 [B, T], `Batch.correct`; mask: [B, T],
-      1 on generated tokens.
-  """
-  wrong = ((mask > 0) & (tokens != correct)).astype(jnp.int32)
-  return (jnp.cumsum(wrong, axis=1) - wrong) == 0
 
 
 def collect_batch(config: ml_collections.ConfigDict, task: Task, run_seed: int,
@@ -176,19 +161,25 @@ def reference_pass(ref_params, gpt: model_lib.GPTConfig, traj: trajectory_lib.Tr
   return traj.replace(ref_logp=ref_logp, certainty=certainty), ref_logits
 
 
-def _policy_loss(params, gpt, config, minibatch):
-  traj, ref_logits, adv, ret, weights = minibatch
+def _minibatch_loss(params, gpt, config, minibatch):
+  """The configured loss (`LOSSES`) of the current parameters on one minibatch."""
+  traj, ref_logits, adv, ret, weights, pg_weights = minibatch
   out = model_lib.forward(params, gpt, traj.tokens)
   logits = trajectory_lib.align_to_tokens(out.logits)
   values = trajectory_lib.align_to_tokens(out.values)
   return LOSSES[config.loss](logits, values, ref_logits, traj, adv, ret, weights,
-                             loss_config(config))
+                             loss_config(config), pg_weights)
 
 
-def kl_weights(arm: arms_lib.RunArms, certainty, critical_on_path, intercept) -> jnp.ndarray:
-  """The arm's KL token weights [B, T] before its α factor: Ĵ^β, or the oracle's critical mask."""
-  oracle = 1.0 - critical_on_path.astype(jnp.float32)
-  return jnp.where(arm.oracle, oracle, losses.prioritized_weights(certainty, arm.beta, intercept))
+def kl_weights(arm: arms_lib.RunArms, certainty, critical_on_path, ref_entropy,
+               intercept) -> jnp.ndarray:
+  """The arm's KL token weights [B, T] before its α factor (`arms.RULES`): Ĵ^β, the oracle's
+  critical mask, or (1 + H_ref)^−c; the inputs are [B, T]."""
+  choices = {"certainty": lambda: losses.prioritized_weights(certainty, arm.beta, intercept),
+             "oracle": lambda: losses.critical_mask_weights(critical_on_path),
+             "entropy": lambda: losses.entropy_weights(ref_entropy, arm.entropy_exponent)}
+  return jnp.select([arm.rule == i for i in range(len(arms_lib.RULES))],
+                    [choices[rule]() for rule in arms_lib.RULES])
 
 
 def make_iteration(gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict, task: Task,
@@ -203,7 +194,7 @@ def make_iteration(gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict, 
   """
   optimizer = make_optimizer(config)
   loss_cfg = loss_config(config)
-  grad_fn = jax.grad(functools.partial(_policy_loss, gpt=gpt, config=config), has_aux=True)
+  grad_fn = jax.grad(functools.partial(_minibatch_loss, gpt=gpt, config=config), has_aux=True)
 
   def update(state: RLState, minibatches):
     def step(carry, minibatch):
@@ -221,17 +212,25 @@ def make_iteration(gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict, 
                             max_new_tokens=task.max_new_tokens, temperature=config.temperature,
                             failure_reward=config.failure_reward, axis_name=axis_name)
     traj, ref_logits = reference_pass(ref_params, gpt, traj, config)
-    traj = traj.replace(critical=batch.critical & (traj.mask > 0)
-                        & on_correct_path(traj.tokens, batch.correct, traj.mask))
-    unscaled = kl_weights(arm, traj.certainty, traj.critical, config.intercept)
+    # A critical position counts as one only while the episode is still on the correct path:
+    # after an early mistake its text there is something else (SPEC §6).
+    traj = traj.replace(critical=batch.critical
+                        & losses.correct_prefix(traj.tokens, batch.correct, traj.mask))
+    _, ref_entropy = losses.token_logp_and_entropy(ref_logits, traj.tokens,
+                                                   config.certainty_temperature)
+    unscaled = kl_weights(arm, traj.certainty, traj.critical, ref_entropy, config.intercept)
     weights = arm.kl_scale * unscaled
+    # Over the whole collect, before the minibatches: the quantile is the batch's.
+    pg_weights = losses.top_entropy_mask(traj.entropy, traj.mask, arm.pg_top_share)
     rewards = traj.rewards + losses.kl_reward_penalty(traj, weights, loss_cfg)
     adv, ret = advantages_lib.gae(rewards, traj.values, traj.mask, config.gamma, config.lam)
     if config.normalize_advantages:
       adv = advantages_lib.normalize(adv, traj.mask)
+    # After normalization, so that α keeps its scale; zero unless kl_placement is "advantage".
+    adv = adv + losses.kl_advantage_penalty(traj, weights, loss_cfg)
     order = jax.random.permutation(perm_key, problems.prompts.shape[0])
     split = lambda x: x[order].reshape((config.num_minibatches, -1) + x.shape[1:])
-    minibatches = jax.tree_util.tree_map(split, (traj, ref_logits, adv, ret, weights))
+    minibatches = jax.tree_util.tree_map(split, (traj, ref_logits, adv, ret, weights, pg_weights))
     params, opt_state, metrics = update(state, minibatches)
     figures = selectivity.selectivity(unscaled, traj.critical, traj.mask)
     metrics = dict(metrics, **{f"selectivity_{k}": v for k, v in figures.items()},

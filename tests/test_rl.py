@@ -11,6 +11,7 @@ import pytest
 from critical_kl import arms
 from critical_kl import checkpoints
 from critical_kl import finetune
+from critical_kl import losses
 from critical_kl import rl
 from critical_kl.configs import rl_default
 from conftest import adam_atol  # tests/ is on sys.path under pytest
@@ -89,20 +90,25 @@ def test_oracle_weights_follow_the_correct_path():
   correct = jnp.array([[1, 2, 5, 6, 7, 8]])
   mask = jnp.array([[0, 0, 1, 1, 1, 0]], jnp.float32)
   critical = jnp.array([[False, False, False, True, True, False]])
-  on_path = rl.on_correct_path(tokens, correct, mask)
-  # Position t counts while every generated token before t is right; the mistake is at 4.
-  np.testing.assert_array_equal(on_path, [[True, True, True, True, True, False]])
-  critical_on_path = critical & on_path & (mask > 0)
+  on_path = losses.correct_prefix(tokens, correct, mask)
+  # A generated position counts while every generated token before it is right; the mistake is
+  # at 4, so 4 itself still counts.
+  np.testing.assert_array_equal(on_path, [[False, False, True, True, True, False]])
+  critical_on_path = critical & on_path
   certainty = jnp.full((1, 6), 0.5)
-  oracle = arms.RunArms(jnp.float32(0.0), jnp.float32(1.0), jnp.bool_(True))
-  prioritized = arms.RunArms(jnp.float32(2.0), jnp.float32(1.0), jnp.bool_(False))
-  np.testing.assert_array_equal(rl.kl_weights(oracle, certainty, critical_on_path, 0.0),
-                                [[1, 1, 1, 0, 0, 1]])
-  np.testing.assert_allclose(rl.kl_weights(prioritized, certainty, critical_on_path, 0.0),
-                             np.full((1, 6), 0.25))
+  entropy = jnp.full((1, 6), 1.0)
+  rule = lambda name: jnp.int32(arms.RULES.index(name))
+  one = jnp.float32(1.0)
+  oracle = arms.RunArms(rule("oracle"), jnp.float32(0.0), one, one, one)
+  prioritized = arms.RunArms(rule("certainty"), jnp.float32(2.0), one, one, one)
+  by_entropy = arms.RunArms(rule("entropy"), jnp.float32(0.0), one, jnp.float32(2.0), one)
+  weights = lambda arm: rl.kl_weights(arm, certainty, critical_on_path, entropy, 0.0)
+  np.testing.assert_array_equal(weights(oracle), [[1, 1, 1, 0, 0, 1]])
+  np.testing.assert_allclose(weights(prioritized), np.full((1, 6), 0.25))
+  np.testing.assert_allclose(weights(by_entropy), np.full((1, 6), 0.25))  # (1 + 1)^−2
   # A wrong token before a critical position takes it off the path.
-  off = rl.on_correct_path(jnp.array([[1, 2, 9, 6, 7, 0]]), correct, mask)
-  np.testing.assert_array_equal(off, [[True, True, True, False, False, False]])
+  off = losses.correct_prefix(jnp.array([[1, 2, 9, 6, 7, 0]]), correct, mask)
+  np.testing.assert_array_equal(off, [[False, False, True, False, False, False]])
 
 
 def test_learning_rate_is_a_leaf_of_each_run(tiny_model):
@@ -156,10 +162,28 @@ def test_cli_bad_input_is_one_line(tiny_model, tmp_path):
 
 
 def test_ppo_with_kl_in_reward_runs(tiny_model, tmp_path):
-  out = finetune.finetune(tiny_config(tiny_model, num_iterations=1, loss="ppo", kl_in_reward=True),
-                          str(tmp_path), log=lambda _: None)
+  out = finetune.finetune(
+      tiny_config(tiny_model, num_iterations=1, loss="ppo", kl_placement="reward"),
+      str(tmp_path), log=lambda _: None)
   run = out.history[0]["runs"][0]
   assert np.isfinite(run["clip_fraction"]) and np.isfinite(run["approx_kl"])
+
+
+def test_beyond_the_paper_in_one_program(tiny_model, tmp_path):
+  """The exact KL, the KL in the advantages, entropy weights and a policy-gradient mask, as arms
+  and config fields of the same vmapped loop."""
+  config = tiny_config(tiny_model, num_iterations=1, estimator="exact",
+                       arms="standard,entropy+c=2,prioritized+rho=0.5")
+  out = finetune.finetune(config, str(tmp_path / "exact"), log=lambda _: None)
+  runs = {run["arm"]: run for run in out.history[0]["runs"]}
+  assert runs["standard"]["pg_weight_mean"] == 1.0
+  assert 0.0 < runs["prioritized+rho=0.5"]["pg_weight_mean"] < 1.0
+  assert 0.0 < runs["entropy+c=2"]["weight_mean"] < 1.0
+  for run in runs.values():
+    assert all(np.isfinite(v) for k, v in run.items() if k not in ("arm", "seed"))
+  config = tiny_config(tiny_model, num_iterations=1, kl_placement="advantage")
+  run = finetune.finetune(config, str(tmp_path / "adv"), log=lambda _: None).history[0]["runs"][0]
+  assert np.isfinite(run["loss"])
 
 
 def test_runs_share_one_rollout_loop(tiny_model):

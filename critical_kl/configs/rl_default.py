@@ -35,8 +35,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.entropy_coef = 0.0005
   c.use_kl = True
   c.kl_coef = 5.0  # α
-  c.estimator = "k2"
-  c.kl_in_reward = False  # True: the (weighted) KL goes into the rewards, PPO-RLHF style
+  c.estimator = "k2"  # k1, k2, k3 or "exact" (the full-vocabulary KL, with kl_placement "loss")
+  # Where the (weighted) KL acts: "loss" (the paper), "reward" (PPO-RLHF style) or "advantage"
+  # (a centred per-token KL folded into the advantages).
+  c.kl_placement = "loss"
   # The arms (critical_kl/arms.py): comma-separated, each run with every seed. "standard" (w = 1),
   # "prioritized" (w = Ĵ^β), "matched", "oracle", "no_kl"; "+beta=", "+lr=", "+kl=" override one.
   c.arms = "prioritized"
