@@ -8,13 +8,15 @@ small one means it mostly lowers the KL a little everywhere.
 
 `selectivity` is a pure jnp function, used inside the jitted RL iteration on sampled episodes;
 `teacher_forced_grid` evaluates it for a reference model on correct completions over a grid of
-(certainty method, τ_c, β).
+(certainty method, τ_c, β); `deviation_analysis` asks whether the tokens the weights spare decide
+the episode.
 """
 from collections.abc import Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
+from critical_kl import arithmetic
 from critical_kl import critical_tokens as critical_tokens_lib
 from critical_kl import losses
 
@@ -113,3 +115,42 @@ def teacher_forced_grid(params, gpt, operands: np.ndarray, n_max: int, *,
                          critical_tokens=int(critical.sum()),
                          other_tokens=int((~critical).sum()), auroc=area))
   return rows
+
+
+def deviation_analysis(completions: Sequence[str], operands: np.ndarray, n_max: int,
+                       weights: Sequence[np.ndarray], low: float = 0.5) -> dict:
+  """Are the tokens the weights spare decisive? Where sampled episodes first leave the correct
+  completion, and how often an episode still succeeds after leaving it there.
+
+  The prefix before an episode's first deviation is the correct one, so the reference's weight at
+  that position is the teacher-forced one (`teacher_forced_grid`'s inputs).
+
+  Args:
+    completions: n generated completions (e.g. sampled at τ).
+    operands: int [n, 2], their problems.
+    n_max: N of the reference's pre-training (places the critical tokens).
+    weights: one array [C_i] per problem, the teacher-forced KL weights along its correct
+      completion (e.g. Ĵ^β).
+    low: a non-critical deviation counts as "spared" where the weight is below this.
+
+  Returns:
+    num_episodes, on_path (episodes that never deviate), and for each kind of first deviation,
+    "critical", "spared" (non-critical, weight < low), "other" (non-critical, weight ≥ low):
+    dict(count, solved): how many episodes first deviate there and how many of those still end
+    with the right result.
+  """
+  operands = np.asarray(operands).reshape(-1, 2)
+  kinds = {k: dict(count=0, solved=0) for k in ("critical", "spared", "other")}
+  on_path = 0
+  for text, (a, b), w in zip(completions, operands, weights, strict=True):
+    a, b = int(a), int(b)
+    expected = arithmetic.scratchpad(a, b)
+    i = critical_tokens_lib.first_error(text, expected)
+    if i is None or i >= len(expected):
+      on_path += 1
+      continue
+    kind = ("critical" if arithmetic.critical_mask(a, b, n_max)[i] else
+            "spared" if w[i] < low else "other")
+    kinds[kind]["count"] += 1
+    kinds[kind]["solved"] += int(arithmetic.is_correct(text, a, b))
+  return dict(num_episodes=len(completions), on_path=on_path, **kinds)

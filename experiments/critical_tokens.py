@@ -39,6 +39,14 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the problems.")
 _HTML = flags.DEFINE_string("html", "critical_tokens.html", "Where to write the coloured example.")
 _FAILURES = flags.DEFINE_integer("failures", 256,
                                  "Problems generated greedily for the failure analysis (0: skip).")
+_SAMPLED = flags.DEFINE_integer(
+    "sampled", 256, "Episodes sampled at --temperature for the deviation analysis (0: skip): "
+    "where they first leave the correct completion and whether they still succeed.")
+_WEIGHT_TEMPERATURE = flags.DEFINE_float(
+    "weight_certainty_temperature", 1.0, "τ_c of the KL weights Ĵ^β in the deviation analysis "
+    "(the RL default).")
+_WEIGHT_BETA = flags.DEFINE_float("weight_beta", 150.0,
+                                  "β of the KL weights in the deviation analysis.")
 _GRID_METHODS = flags.DEFINE_list("grid_methods", ["negentropy_max_prob"],
                                   "Certainty methods of the selectivity grid.")
 _GRID_TEMPERATURES = flags.DEFINE_list("grid_certainty_temperatures", ["0.25", "0.5", "1", "2", "4"],
@@ -54,8 +62,10 @@ def _validate_flags() -> None:
   """Checks the flags that do not depend on the checkpoint, before loading it."""
   if _NUM_PROBLEMS.value < 1:
     raise ValueError(f"--num_problems must be >= 1, got {_NUM_PROBLEMS.value}")
-  if _FAILURES.value < 0:
-    raise ValueError(f"--failures must be >= 0, got {_FAILURES.value}")
+  if _FAILURES.value < 0 or _SAMPLED.value < 0:
+    raise ValueError("--failures and --sampled must be >= 0")
+  if _WEIGHT_TEMPERATURE.value <= 0 or _WEIGHT_BETA.value < 0:
+    raise ValueError("--weight_certainty_temperature must be > 0 and --weight_beta >= 0")
   if _CERTAINTY_METHOD.value not in losses.CERTAINTY_METHODS:
     raise ValueError(f"unknown --certainty_method {_CERTAINTY_METHOD.value!r}; valid names: "
                      f"{', '.join(losses.CERTAINTY_METHODS)}")
@@ -141,6 +151,28 @@ def _failure_report(params, gpt, rng: np.random.Generator, digits: int, n_max: i
   return {k: failures[k] for k in ("num_problems", "num_failures", "critical_share")}
 
 
+def _deviation_report(params, gpt, rng: np.random.Generator, digits: int, n_max: int) -> dict:
+  """Samples --sampled episodes, prints where they first deviate and how often they recover."""
+  operands = arithmetic.sample_varying(rng, _SAMPLED.value, digits)
+  _, completions = evaluation.solve(params, gpt, operands, jax.random.key(_SEED.value + 1),
+                                    greedy=False, temperature=_TEMPERATURE.value,
+                                    batch_size=min(256, _SAMPLED.value), max_digits=digits)
+  forced = critical_tokens.teacher_forced(params, gpt, operands, n_max,
+                                          certainty_method=_CERTAINTY_METHOD.value,
+                                          certainty_temperature=_WEIGHT_TEMPERATURE.value)
+  weights = [np.power(c.astype(np.float64), _WEIGHT_BETA.value) for c in forced.certainty]
+  report = selectivity.deviation_analysis(completions, operands, n_max, weights)
+  print(f"\n{report['num_episodes']} episodes sampled at τ={_TEMPERATURE.value}: "
+        f"{report['on_path']} never leave the correct completion; first deviation at")
+  labels = dict(critical="a critical token", spared="a non-critical token with w < 0.5",
+                other="a non-critical token with w >= 0.5")
+  for kind, label in labels.items():
+    r = report[kind]
+    print(f"  {label:38} {r['count']:5} episodes, {r['solved']:4} of them still solved "
+          f"(w = Ĵ^{_WEIGHT_BETA.value:g} at τ_c={_WEIGHT_TEMPERATURE.value:g})")
+  return report
+
+
 def main(_):
   _validate_flags()
   params, gpt, saved = checkpoints.load_model(_CHECKPOINT.value)
@@ -166,6 +198,8 @@ def main(_):
         f"greedy argmax: {100 * probability['all_greedy_right']:.1f}%")
 
   failures = _failure_report(params, gpt, rng, digits, n_max) if _FAILURES.value else None
+
+  deviations = _deviation_report(params, gpt, rng, digits, n_max) if _SAMPLED.value else None
 
   temperatures, betas = _grid_values()
   grid = []
@@ -200,7 +234,7 @@ def main(_):
       paper_table_1=PAPER_TABLE_1.get(n_max),
       critical_token_probability=probability["mean_probability"],
       critical_all_greedy_right=probability["all_greedy_right"],
-      failures=failures, selectivity=grid, html=_HTML.value)))
+      failures=failures, deviations=deviations, selectivity=grid, html=_HTML.value)))
 
 
 if __name__ == "__main__":

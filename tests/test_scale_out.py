@@ -52,7 +52,9 @@ def _rl_config(model_path, **overrides):
 
 
 def _env(devices: int) -> dict:
-  flags = f"--xla_force_host_platform_device_count={devices} {XLA_FLAGS}"
+  # After the caller's own XLA_FLAGS, e.g. the code-generation variations of BUILD.md.
+  flags = (f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices} "
+           f"{XLA_FLAGS}")
   return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags,
               JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir or "")
 
