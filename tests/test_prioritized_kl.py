@@ -24,7 +24,9 @@ def test_main_job_runs_and_ends_with_json(tiny_model, tmp_path):
   assert list(result["differences"]) == arms[1:]
   for diff in result["differences"].values():
     assert -1.0 <= diff["mean"] <= 1.0 and diff["ci95"][0] <= diff["mean"] <= diff["ci95"][1]
-  assert 0.0 < result["matched_kl_factor"] <= 1.0
+  # The matched arm's α factor is the reference's teacher-forced mean weight (≈ 0 for a random model).
+  assert result["matched_kl_factor"] == result["reference_selectivity"]["mean_weight"]
+  assert 0.0 <= result["matched_kl_factor"] <= 1.0
   assert os.path.getsize(result["plot"]) > 1000
   with open(tmp_path / "summary.json") as f:
     summary = json.load(f)
