@@ -21,6 +21,7 @@ from critical_kl import distributed
 from critical_kl import pretrain
 from critical_kl import rl
 from critical_kl import sharding
+from critical_kl import tokenizer
 
 
 def _runs(arms: dict[str, float], num_seeds: int) -> list[tuple[str, int]]:
@@ -35,7 +36,7 @@ def _eval_sets(config, task: rl.Task):
   teacher_ops = arithmetic.sample_rl(rng, config.critical_eval_problems, task.n_max,
                                      config.extra_digits)
   return (rl.make_batch(rl_ops, task).problems, rl.make_batch(in_ops, task).problems,
-          rl.teacher_set(teacher_ops, task.n_max))
+          rl.teacher_set(teacher_ops, task.n_max, task.vocabulary))
 
 
 class Evaluator:
@@ -44,8 +45,10 @@ class Evaluator:
   def __init__(self, gpt, config, task: rl.Task):
     self.rl_problems, self.in_problems, self.teacher = _eval_sets(config, task)
     self.key = jax.random.key(config.seed + 1)
-    self.greedy = rl.make_runs_accuracy(gpt, task.max_new_tokens, config.temperature, True)
-    self.sampled = rl.make_runs_accuracy(gpt, task.max_new_tokens, config.temperature, False)
+    self.greedy = rl.make_runs_accuracy(gpt, task.max_new_tokens, config.temperature, True,
+                                        task.vocabulary)
+    self.sampled = rl.make_runs_accuracy(gpt, task.max_new_tokens, config.temperature, False,
+                                         task.vocabulary)
     self.critical = rl.make_runs_critical_probability(gpt)
 
   def __call__(self, params) -> dict[str, list[float]]:
@@ -92,7 +95,8 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, arms: dict[str, fl
   if not distributed.is_main():
     log = lambda *_: None
   ref_params, gpt, pre_config = checkpoints.load_model(config.checkpoint)
-  task = rl.make_task(pre_config["pretrain_max_digits"], config.extra_digits)
+  task = rl.make_task(pre_config["pretrain_max_digits"], config.extra_digits,
+                      tokenizer.Vocabulary.from_dict(pre_config["vocabulary"]))
   if task.prompt_length + task.max_new_tokens > gpt.block_size:
     raise ValueError(f"episodes on {task.digits} digits need {task.prompt_length} + "
                      f"{task.max_new_tokens} positions; the model has {gpt.block_size}")
