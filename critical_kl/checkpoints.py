@@ -3,7 +3,8 @@
 A training directory `workdir/checkpoints/<step>/` holds two items: `state` (a pytree of parameters,
 optimizer state, step and PRNG key data) and `config` (the run's config as JSON, so that a checkpoint
 is never loaded into a model of another shape). An exported model (what the package ships) holds
-`params` and `config` only.
+`params` and `config` only. The config's "vocabulary" (`tokenizer.Vocabulary.to_dict`) gives the
+text of each token id; a model saved without one (the shipped model) uses `tokenizer.DEFAULT`.
 
 Whatever can be wrong with a checkpoint on disk (a missing or damaged file, a config that does not
 parse or describes another model) is raised as one `CheckpointError` naming the path and the
@@ -23,6 +24,7 @@ import orbax.checkpoint as ocp
 from critical_kl import distributed
 from critical_kl import divergence
 from critical_kl import model as model_lib
+from critical_kl import tokenizer
 
 
 # The model shipped with the package: pre-trained on 1..5 digits (configs/phenomenon.py).
@@ -196,15 +198,25 @@ def load_model(directory: str) -> tuple[Any, model_lib.GPTConfig, dict]:
   """Loads an exported model or the latest step of a training directory.
 
   Returns:
-    (params, GPTConfig, the full config dict saved with it).
+    (params, GPTConfig, the full config dict saved with it). The dict's "vocabulary" is always
+    there: the stored one, or `tokenizer.DEFAULT`'s when none is stored;
+    `tokenizer.Vocabulary.from_dict(config["vocabulary"])` gives the model's vocabulary.
 
   Raises:
-    CheckpointError: naming the path, when the model is missing, damaged, or its arrays do not
-      match its config.
+    CheckpointError: naming the path, when the model is missing, damaged, its vocabulary is
+      unreadable, or its arrays do not match its config.
   """
   path = _model_dir(directory)
   config = load_config(path)
   gpt_config = _gpt_config(config, path)
+  config.setdefault("vocabulary", tokenizer.DEFAULT.to_dict())
+  try:
+    vocabulary = tokenizer.Vocabulary.from_dict(config["vocabulary"])
+  except (KeyError, TypeError, ValueError) as e:
+    raise CheckpointError(f"the vocabulary saved at {path} is unreadable: {e!r}") from None
+  if len(vocabulary) != gpt_config.vocab_size:
+    raise CheckpointError(f"the vocabulary saved at {path} has {len(vocabulary)} tokens, the "
+                          f"model's vocab_size is {gpt_config.vocab_size}")
   try:
     with _one_error_only():
       return _restore_params(path, gpt_config), gpt_config, config

@@ -100,7 +100,8 @@ def _check_method(certainty_method: str) -> None:
 
 def teacher_forced(params, gpt_config: model_lib.GPTConfig, operands: np.ndarray, n_max: int, *,
                    temperature: float = 1.0, certainty_method: str = "negentropy_max_prob",
-                   certainty_temperature: float = 4.0, batch_size: int = 64) -> TeacherForced:
+                   certainty_temperature: float = 4.0, batch_size: int = 64,
+                   vocabulary: tokenizer.Vocabulary = tokenizer.DEFAULT) -> TeacherForced:
   """Runs the model along the correct completion of every problem.
 
   Each text (prompt + correct completion) sits at positions 0..T-1, padded on the right to the
@@ -116,6 +117,7 @@ def teacher_forced(params, gpt_config: model_lib.GPTConfig, operands: np.ndarray
     certainty_method: one of `losses.CERTAINTY_METHODS`.
     certainty_temperature: τ_c of Ĵ (SPEC §5; the authors use 4).
     batch_size: problems per forward pass.
+    vocabulary: the model's vocabulary.
 
   Returns:
     A `TeacherForced` with one array per problem.
@@ -129,7 +131,7 @@ def teacher_forced(params, gpt_config: model_lib.GPTConfig, operands: np.ndarray
   pairs = [(int(a), int(b)) for a, b in operands]
   prompts = [arithmetic.prompt(a, b) for a, b in pairs]
   completions = [arithmetic.scratchpad(a, b) for a, b in pairs]
-  tokens, lengths = tokenizer.encode_batch([p + c for p, c in zip(prompts, completions)])
+  tokens, lengths = vocabulary.encode_batch([p + c for p, c in zip(prompts, completions)])
   if tokens.shape[1] > gpt_config.block_size:
     raise ValueError(f"the longest problem has {tokens.shape[1]} tokens, more than the model's "
                      f"block_size ({gpt_config.block_size})")

@@ -5,6 +5,7 @@ import numpy as np
 from critical_kl import arithmetic
 from critical_kl import model as model_lib
 from critical_kl import sampling
+from critical_kl import tokenizer
 
 MODES = ("identical", "varying")
 
@@ -23,11 +24,13 @@ def bootstrap_ci(successes, num_resamples: int = 2000, seed: int = 0,
 
 def solve(params, gpt: model_lib.GPTConfig, operands: np.ndarray, key: jax.Array, *,
           greedy: bool = True, temperature: float = 1.0, batch_size: int = 256,
-          max_digits: int | None = None) -> tuple[np.ndarray, list[str]]:
+          max_digits: int | None = None,
+          vocabulary: tokenizer.Vocabulary = tokenizer.DEFAULT) -> tuple[np.ndarray, list[str]]:
   """Generates a completion for every problem of operands [n, 2].
 
   Problems go through in batches of `batch_size`, all padded to the same prompt length, so one
-  compilation serves the whole set. Returns (solved bool [n], completions).
+  compilation serves the whole set; `vocabulary` is the model's. Returns (solved bool [n],
+  completions).
   """
   operands = np.asarray(operands)
   if max_digits is None:
@@ -38,24 +41,25 @@ def solve(params, gpt: model_lib.GPTConfig, operands: np.ndarray, key: jax.Array
   for start in range(0, len(operands), batch_size):
     chunk = operands[start:start + batch_size]
     padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), axis=0)])
-    problems = sampling.encode_problems(padded, prompt_length)
+    problems = sampling.encode_problems(padded, prompt_length, vocabulary)
     key, sub = jax.random.split(key)
     traj = sampling.rollout(params, gpt, problems, sub, max_new_tokens=arithmetic.max_episode_length(max_digits),
-                            temperature=temperature, greedy=greedy)
+                            temperature=temperature, greedy=greedy, vocabulary=vocabulary)
     solved.append(np.asarray(traj.solved)[:len(chunk)])
-    texts.extend(sampling.completions(traj)[:len(chunk)])
+    texts.extend(sampling.completions(traj, vocabulary)[:len(chunk)])
   return np.concatenate(solved), texts
 
 
 def evaluate_suite(params, gpt: model_lib.GPTConfig, digits: int, mode: str, num_examples: int,
                    *, seed: int = 0, greedy: bool = True, temperature: float = 1.0,
-                   batch_size: int = 256) -> dict:
+                   batch_size: int = 256,
+                   vocabulary: tokenizer.Vocabulary = tokenizer.DEFAULT) -> dict:
   """Accuracy on `num_examples` problems of one suite, with its 95% bootstrap interval."""
   rng = np.random.default_rng([seed, digits, MODES.index(mode)])
   operands = arithmetic.sample_suite(rng, mode, num_examples, digits)
   solved, _ = solve(params, gpt, operands, jax.random.key(seed), greedy=greedy,
                     temperature=temperature, batch_size=min(batch_size, num_examples),
-                    max_digits=digits)
+                    max_digits=digits, vocabulary=vocabulary)
   return dict(digits=digits, mode=mode, num_examples=int(num_examples),
               accuracy=float(solved.mean()), ci95=list(bootstrap_ci(solved)))
 

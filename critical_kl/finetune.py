@@ -26,6 +26,7 @@ from critical_kl import divergence
 from critical_kl import rl
 from critical_kl import selectivity
 from critical_kl import sharding
+from critical_kl import tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +63,7 @@ def _eval_sets(config, task: rl.Task):
   teacher_ops = arithmetic.sample_rl(rng, config.critical_eval_problems, task.n_max,
                                      config.extra_digits)
   return (rl.make_batch(rl_ops, task).problems, rl.make_batch(in_ops, task).problems,
-          rl.teacher_set(teacher_ops, task.n_max))
+          rl.teacher_set(teacher_ops, task.n_max, task.vocabulary))
 
 
 class Evaluator:
@@ -75,8 +76,10 @@ class Evaluator:
   def __init__(self, gpt, config, task: rl.Task):
     self.rl_problems, self.in_problems, self.teacher = _eval_sets(config, task)
     self.key = jax.random.key(config.seed + 1)
-    greedy = rl.make_runs_accuracy(gpt, task.max_new_tokens, config.temperature, True)
-    sampled = rl.make_runs_accuracy(gpt, task.max_new_tokens, config.temperature, False)
+    greedy = rl.make_runs_accuracy(gpt, task.max_new_tokens, config.temperature, True,
+                                   task.vocabulary)
+    sampled = rl.make_runs_accuracy(gpt, task.max_new_tokens, config.temperature, False,
+                                    task.vocabulary)
     critical = rl.make_runs_critical_probability(gpt)
     self.figures = dict(
         sampled_accuracy=lambda p: sampled(p, self.rl_problems, self.key),
@@ -135,7 +138,8 @@ def reference_selectivity(ref_params, gpt, config, task: rl.Task) -> dict[str, A
   operands = arithmetic.sample_rl(rng, config.matched_problems, task.n_max, config.extra_digits)
   return selectivity.teacher_forced_grid(
       ref_params, gpt, operands, task.n_max, methods=(config.certainty_method,),
-      certainty_temperatures=(config.certainty_temperature,), betas=(config.beta,))[0]
+      certainty_temperatures=(config.certainty_temperature,), betas=(config.beta,),
+      vocabulary=task.vocabulary)[0]
 
 
 def _init_runs(ref_params, config, arms, runs):
@@ -164,7 +168,8 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = 
   if not distributed.is_main():
     log = lambda *_: None
   ref_params, gpt, pre_config = checkpoints.load_model(config.checkpoint)
-  task = rl.make_task(pre_config["pretrain_max_digits"], config.extra_digits)
+  task = rl.make_task(pre_config["pretrain_max_digits"], config.extra_digits,
+                      tokenizer.Vocabulary.from_dict(pre_config["vocabulary"]))
   if task.prompt_length + task.max_new_tokens > gpt.block_size:
     raise ValueError(f"episodes on {task.digits} digits need {task.prompt_length} + "
                      f"{task.max_new_tokens} positions; the model has {gpt.block_size}")

@@ -168,9 +168,10 @@ def init_state(config: ml_collections.ConfigDict, optimizer) -> dict[str, Any]:
 
 
 def saved_config(config: ml_collections.ConfigDict) -> dict:
-  """The config written beside checkpoints, with the resolved model fields."""
+  """The config written beside checkpoints, with the resolved model fields and the vocabulary."""
   d = config.to_dict()
   d["model"] = dict(vars(model_config(config)))
+  d["vocabulary"] = tokenizer.DEFAULT.to_dict()
   return d
 
 

@@ -78,18 +78,20 @@ def loss_config(config: ml_collections.ConfigDict) -> losses.LossConfig:
 
 
 class Task(NamedTuple):
-  """Sizes fixed by the pre-trained model and the RL distribution "N + k"."""
+  """Sizes and vocabulary fixed by the pre-trained model and the RL distribution "N + k"."""
   n_max: int
   digits: int  # N + k, the longest operand
   prompt_length: int
   max_new_tokens: int
+  vocabulary: tokenizer.Vocabulary = tokenizer.DEFAULT
 
 
-def make_task(n_max: int, extra_digits: int) -> Task:
+def make_task(n_max: int, extra_digits: int,
+              vocabulary: tokenizer.Vocabulary = tokenizer.DEFAULT) -> Task:
   digits = n_max + extra_digits
   nines = 10**digits - 1
   return Task(n_max, digits, len(arithmetic.prompt(nines, nines)),
-              arithmetic.max_episode_length(digits))
+              arithmetic.max_episode_length(digits), vocabulary)
 
 
 def critical_positions(operands: np.ndarray, n_max: int, prompt_lengths, total: int) -> np.ndarray:
@@ -102,11 +104,11 @@ def critical_positions(operands: np.ndarray, n_max: int, prompt_lengths, total: 
 
 
 def make_batch(operands: np.ndarray, task: Task) -> Batch:
-  problems = sampling.encode_problems(operands, task.prompt_length)
+  problems = sampling.encode_problems(operands, task.prompt_length, task.vocabulary)
   total = task.prompt_length + task.max_new_tokens
   texts = [arithmetic.prompt(int(a), int(b)) + arithmetic.scratchpad(int(a), int(b))
            for a, b in operands]
-  correct, lengths = tokenizer.encode_batch(texts, length=total)
+  correct, lengths = task.vocabulary.encode_batch(texts, length=total)
   correct = np.where(np.arange(total)[None, :] < lengths[:, None], correct, -1).astype(np.int32)
   return Batch(problems, critical_positions(operands, task.n_max, problems.prompt_lengths, total),
                correct)
@@ -210,7 +212,8 @@ def make_iteration(gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict, 
     key, rollout_key, perm_key = jax.random.split(jax.random.wrap_key_data(state.key), 3)
     traj = sampling.rollout(state.params, gpt, problems, rollout_key,
                             max_new_tokens=task.max_new_tokens, temperature=config.temperature,
-                            failure_reward=config.failure_reward, axis_name=axis_name)
+                            failure_reward=config.failure_reward, axis_name=axis_name,
+                            vocabulary=task.vocabulary)
     traj, ref_logits = reference_pass(ref_params, gpt, traj, config)
     # A critical position counts as one only while the episode is still on the correct path:
     # after an early mistake its text there is something else (SPEC §6).
@@ -263,12 +266,13 @@ def make_runs_iteration(gpt, config, task):
 
 
 def make_runs_accuracy(gpt: model_lib.GPTConfig, max_new_tokens: int, temperature: float,
-                       greedy: bool):
+                       greedy: bool, vocabulary: tokenizer.Vocabulary = tokenizer.DEFAULT):
   """accuracy(params [R, ...], problems [B, P], key) → [R] share of problems solved."""
   def make(axis_name):
     def accuracy(params, problems, key):
       traj = sampling.rollout(params, gpt, problems, key, max_new_tokens=max_new_tokens,
-                              temperature=temperature, greedy=greedy, axis_name=axis_name)
+                              temperature=temperature, greedy=greedy, axis_name=axis_name,
+                              vocabulary=vocabulary)
       return jnp.mean(traj.solved.astype(jnp.float32))
     return accuracy
   return jax.jit(vmap_runs(make, in_axes=(0, None, None)))
@@ -285,10 +289,11 @@ class TeacherSet(NamedTuple):
   critical: np.ndarray
 
 
-def teacher_set(operands: np.ndarray, n_max: int) -> TeacherSet:
+def teacher_set(operands: np.ndarray, n_max: int,
+                vocabulary: tokenizer.Vocabulary = tokenizer.DEFAULT) -> TeacherSet:
   prompts = [arithmetic.prompt(int(a), int(b)) for a, b in operands]
   texts = [p + arithmetic.scratchpad(int(a), int(b)) for p, (a, b) in zip(prompts, operands)]
-  tokens, lengths = tokenizer.encode_batch(texts)
+  tokens, lengths = vocabulary.encode_batch(texts)
   starts = np.array([len(p) for p in prompts])
   index = np.arange(tokens.shape[1])[None, :]
   mask = (index >= starts[:, None]) & (index < lengths[:, None])

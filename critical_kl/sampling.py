@@ -5,10 +5,14 @@ stops as soon as every row has ended. Each row keeps a tiny automaton over the t
 how much of `</scratch>\\n` it has matched, whether the scratchpad is closed, and whether the result
 line so far agrees with the expected one. An episode ends (SPEC §4) when
   1. the scratchpad is closed and the model emits `\\n` (end of the result line);
-  2. the model emits the padding token;
+  2. the model emits the padding token (or another special token of its vocabulary, e.g. an end
+     token);
   3. it has generated `max_new_tokens` tokens.
 The last token gets reward +1 if the episode ended by rule 1 with the right result line, else
 `failure_reward` (−1 in training); every other token gets 0.
+
+The token ids of these rules (`</scratch>\\n`, newline, padding) come from the model's vocabulary
+(`tokenizer.Vocabulary`), the shipped table by default.
 """
 import functools
 from typing import NamedTuple
@@ -22,7 +26,7 @@ from critical_kl import model as model_lib
 from critical_kl import tokenizer
 from critical_kl import trajectory as trajectory_lib
 
-_CLOSE = tokenizer.encode("</scratch>\n")
+_CLOSE = "</scratch>\n"
 
 
 class Problems(NamedTuple):
@@ -40,12 +44,13 @@ class Problems(NamedTuple):
   expected_lengths: jnp.ndarray
 
 
-def encode_problems(operands: np.ndarray, prompt_length: int | None = None) -> Problems:
+def encode_problems(operands: np.ndarray, prompt_length: int | None = None,
+                    vocabulary: tokenizer.Vocabulary = tokenizer.DEFAULT) -> Problems:
   """Encodes operands [B, 2] (a, b) as prompts and expected result lines."""
   operands = np.asarray(operands)
-  prompts, prompt_lengths = tokenizer.encode_batch(
+  prompts, prompt_lengths = vocabulary.encode_batch(
       [arithmetic.prompt(int(a), int(b)) for a, b in operands], length=prompt_length)
-  expected, expected_lengths = tokenizer.encode_batch(
+  expected, expected_lengths = vocabulary.encode_batch(
       [arithmetic.result(int(a), int(b)) for a, b in operands])
   return Problems(*(jnp.asarray(x) for x in (prompts, prompt_lengths, expected, expected_lengths)))
 
@@ -68,8 +73,9 @@ def initial_episode_state(batch: int) -> EpisodeState:
   return EpisodeState(false, zeros, false, zeros, false, zeros, zeros, false)
 
 
-def step_episode(s: EpisodeState, action, step, expected, expected_lengths,
-                 max_new_tokens: int) -> tuple[EpisodeState, jnp.ndarray, jnp.ndarray]:
+def step_episode(s: EpisodeState, action, step, expected, expected_lengths, max_new_tokens: int,
+                 vocabulary: tokenizer.Vocabulary = tokenizer.DEFAULT
+                 ) -> tuple[EpisodeState, jnp.ndarray, jnp.ndarray]:
   """Applies the rules of SPEC §4 to the `step`-th generated token `action` [B] of each row.
 
   Args:
@@ -78,14 +84,15 @@ def step_episode(s: EpisodeState, action, step, expected, expected_lengths,
     step: scalar, number of tokens generated before this one.
     expected: int32 [B, R], expected result lines; expected_lengths: int32 [B].
     max_new_tokens: episode length limit.
+    vocabulary: the model's vocabulary.
 
   Returns:
     (new state, ending bool [B]: this token ends the episode, reward float32 [B] if it does:
     1 for the right result line, 0 otherwise; the caller maps 0 to its failure reward).
   """
   active = ~s.done
-  close = jnp.asarray(_CLOSE)
-  ends_result = s.closed & (action == tokenizer.NEWLINE_ID)
+  close = jnp.asarray(vocabulary.encode(_CLOSE))
+  ends_result = s.closed & (action == vocabulary.token_id("\n"))
   in_result = s.closed & ~ends_result
   want = jnp.take_along_axis(expected, jnp.minimum(s.result_pos, expected.shape[1] - 1)[:, None],
                              axis=1)[:, 0]
@@ -97,10 +104,10 @@ def step_episode(s: EpisodeState, action, step, expected, expected_lengths,
   matched = jnp.where(action == next_char, s.matched + 1, (action == close[0]).astype(jnp.int32))
   closed = s.closed | (matched == len(_CLOSE))
   correct = ends_result & ~mismatch & (result_pos == expected_lengths)
-  emitted_pad = action == tokenizer.PAD_ID
-  ending = active & (ends_result | emitted_pad | (step + 1 >= max_new_tokens))
+  emitted_end = jnp.isin(action, jnp.asarray(vocabulary.end_ids))
+  ending = active & (ends_result | emitted_end | (step + 1 >= max_new_tokens))
   cause = jnp.where(ends_result, trajectory_lib.END_OF_RESULT,
-                    jnp.where(emitted_pad, trajectory_lib.PAD_EMITTED, trajectory_lib.MAX_LENGTH))
+                    jnp.where(emitted_end, trajectory_lib.PAD_EMITTED, trajectory_lib.MAX_LENGTH))
   keep = lambda new, old: jnp.where(active, new, old)
   new = EpisodeState(
       done=s.done | ending, matched=keep(matched, s.matched), closed=keep(closed, s.closed),
@@ -110,12 +117,14 @@ def step_episode(s: EpisodeState, action, step, expected, expected_lengths,
   return new, ending, correct.astype(jnp.float32)
 
 
-def score_tokens(tokens, expected, expected_lengths, max_new_tokens: int) -> EpisodeState:
+def score_tokens(tokens, expected, expected_lengths, max_new_tokens: int,
+                 vocabulary: tokenizer.Vocabulary = tokenizer.DEFAULT) -> EpisodeState:
   """Runs the episode rules over given generated tokens [B, L] (L ≥ max_new_tokens or the rows
   end before L); the final state says where and why each episode ended."""
   def body(s, inputs):
     step, action = inputs
-    return step_episode(s, action, step, expected, expected_lengths, max_new_tokens)[0], None
+    return step_episode(s, action, step, expected, expected_lengths, max_new_tokens,
+                        vocabulary)[0], None
   steps = jnp.arange(tokens.shape[1])
   final, _ = jax.lax.scan(body, initial_episode_state(tokens.shape[0]), (steps, tokens.T))
   return final
@@ -154,11 +163,11 @@ def _put(buffer, pos, value, where):
 
 
 @functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "temperature", "greedy",
-                                             "failure_reward", "axis_name"))
+                                             "failure_reward", "axis_name", "vocabulary"))
 def rollout(params, config: model_lib.GPTConfig, problems: Problems, key: jax.Array, *,
             max_new_tokens: int, temperature: float = 1.0, greedy: bool = False,
-            failure_reward: float = -1.0,
-            axis_name: str | None = None) -> trajectory_lib.Trajectory:
+            failure_reward: float = -1.0, axis_name: str | None = None,
+            vocabulary: tokenizer.Vocabulary = tokenizer.DEFAULT) -> trajectory_lib.Trajectory:
   """Generates one episode per problem.
 
   Args:
@@ -174,6 +183,8 @@ def rollout(params, config: model_lib.GPTConfig, problems: Problems, key: jax.Ar
       every run's episodes have ended. Without it the stopping test differs between runs, and
       vmap turns the loop into one that selects between old and new state at every step, which
       copies the whole KV cache per token (several times slower). The results are the same.
+    vocabulary: the model's vocabulary (the one `problems` were encoded with); its size must be
+      the model's `vocab_size`.
 
   Returns:
     A `Trajectory` over [B, T]; its reference fields (ref_logp, certainty, critical) are zeros,
@@ -181,12 +192,15 @@ def rollout(params, config: model_lib.GPTConfig, problems: Problems, key: jax.Ar
   """
   if temperature <= 0:
     raise ValueError(f"temperature must be > 0, got {temperature}")
+  if len(vocabulary) != config.vocab_size:
+    raise ValueError(f"a vocabulary of {len(vocabulary)} tokens for a model of vocab_size "
+                     f"{config.vocab_size}: pass the model's own vocabulary")
   batch, prompt_len = problems.prompts.shape
   total = prompt_len + max_new_tokens
   if total > config.block_size:
     raise ValueError(f"prompt ({prompt_len}) + max_new_tokens ({max_new_tokens}) exceeds the "
                      f"model's block_size ({config.block_size})")
-  pad = jnp.full((batch, max_new_tokens), tokenizer.PAD_ID, jnp.int32)
+  pad = jnp.full((batch, max_new_tokens), vocabulary.pad_id, jnp.int32)
   tokens = jnp.concatenate([problems.prompts.astype(jnp.int32), pad], axis=1)
   cache = model_lib.init_cache(config, batch, total)
   out = model_lib.decode(params, config, problems.prompts, cache, jnp.zeros(batch, jnp.int32))
@@ -211,7 +225,7 @@ def rollout(params, config: model_lib.GPTConfig, problems: Problems, key: jax.Ar
     active = ~s.episode.done
     pos = problems.prompt_lengths + s.step
     episode, ending, correct = step_episode(s.episode, action, s.step, problems.expected,
-                                            problems.expected_lengths, max_new_tokens)
+                                            problems.expected_lengths, max_new_tokens, vocabulary)
     reward = jnp.where(correct > 0, 1.0, failure_reward)
     out = model_lib.decode(params, config, action[:, None], s.cache, pos)
     return _State(
@@ -233,7 +247,8 @@ def rollout(params, config: model_lib.GPTConfig, problems: Problems, key: jax.Ar
       ref_logp=zeros, certainty=zeros, critical=jnp.zeros((batch, total), bool))
 
 
-def completions(traj: trajectory_lib.Trajectory) -> list[str]:
+def completions(traj: trajectory_lib.Trajectory,
+                vocabulary: tokenizer.Vocabulary = tokenizer.DEFAULT) -> list[str]:
   """Decodes the generated text of each episode."""
   tokens, start, length = (np.asarray(x) for x in (traj.tokens, traj.prompt_lengths, traj.lengths))
-  return [tokenizer.decode(row[s:s + n]) for row, s, n in zip(tokens, start, length)]
+  return [vocabulary.decode(row[s:s + n]) for row, s, n in zip(tokens, start, length)]

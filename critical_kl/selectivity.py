@@ -19,6 +19,7 @@ import numpy as np
 from critical_kl import arithmetic
 from critical_kl import critical_tokens as critical_tokens_lib
 from critical_kl import losses
+from critical_kl import tokenizer
 
 # Σ(1 − w) below this counts as no reduction at all (e.g. standard KL): the share is then 0.
 _NO_REDUCTION = 1e-12
@@ -79,7 +80,8 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
 def teacher_forced_grid(params, gpt, operands: np.ndarray, n_max: int, *,
                         methods: Sequence[str] = ("negentropy_max_prob",),
                         certainty_temperatures: Sequence[float] = (1.0,),
-                        betas: Sequence[float] = (150.0,)) -> list[dict]:
+                        betas: Sequence[float] = (150.0,),
+                        vocabulary: tokenizer.Vocabulary = tokenizer.DEFAULT) -> list[dict]:
   """Selectivity of Ĵ^β for a reference model, teacher-forced on correct completions.
 
   One teacher-forced pass per (method, τ_c); β is applied on the host.
@@ -91,6 +93,7 @@ def teacher_forced_grid(params, gpt, operands: np.ndarray, n_max: int, *,
     methods: certainty methods (`losses.CERTAINTY_METHODS`).
     certainty_temperatures: τ_c values.
     betas: β values.
+    vocabulary: the model's.
 
   Returns:
     One dict per (method, τ_c, β): those three, the fields of `selectivity`, `mean_weight` (over
@@ -102,7 +105,8 @@ def teacher_forced_grid(params, gpt, operands: np.ndarray, n_max: int, *,
     for tau_c in certainty_temperatures:
       forced = critical_tokens_lib.teacher_forced(params, gpt, operands, n_max,
                                                   certainty_method=method,
-                                                  certainty_temperature=tau_c)
+                                                  certainty_temperature=tau_c,
+                                                  vocabulary=vocabulary)
       certainty = np.concatenate(forced.certainty).astype(np.float64)
       critical = np.concatenate(forced.critical)
       area = auroc(1.0 - certainty, critical)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 # Why an episode ended (SPEC §4), stored in `Trajectory.termination`.
 END_OF_RESULT = 0  # `\n` emitted after `</scratch>\n` had been generated
-PAD_EMITTED = 1  # the padding token was emitted
+PAD_EMITTED = 1  # the padding token (or another special token of the vocabulary) was emitted
 MAX_LENGTH = 2  # the episode reached its maximum number of tokens
 
 

@@ -23,6 +23,7 @@ from critical_kl import critical_tokens
 from critical_kl import evaluation
 from critical_kl import losses
 from critical_kl import selectivity
+from critical_kl import tokenizer
 from experiments import _cli
 
 _CHECKPOINT = flags.DEFINE_string(
@@ -141,25 +142,30 @@ def failure_lines(failures: dict, top: int = 5) -> list[str]:
   return lines
 
 
-def _failure_report(params, gpt, rng: np.random.Generator, digits: int, n_max: int) -> dict:
+def _failure_report(params, gpt, vocabulary: tokenizer.Vocabulary, rng: np.random.Generator,
+                    digits: int, n_max: int) -> dict:
   """Generates --failures problems greedily, prints where the failures start, returns the counts."""
   operands = arithmetic.sample_varying(rng, _FAILURES.value, digits)
   _, completions = evaluation.solve(params, gpt, operands, jax.random.key(_SEED.value),
-                                    batch_size=min(256, _FAILURES.value), max_digits=digits)
+                                    batch_size=min(256, _FAILURES.value), max_digits=digits,
+                                    vocabulary=vocabulary)
   failures = critical_tokens.failure_analysis(completions, operands, n_max)
   print("\n".join(failure_lines(failures)))
   return {k: failures[k] for k in ("num_problems", "num_failures", "critical_share")}
 
 
-def _deviation_report(params, gpt, rng: np.random.Generator, digits: int, n_max: int) -> dict:
+def _deviation_report(params, gpt, vocabulary, rng: np.random.Generator, digits: int,
+                      n_max: int) -> dict:
   """Samples --sampled episodes, prints where they first deviate and how often they recover."""
   operands = arithmetic.sample_varying(rng, _SAMPLED.value, digits)
   _, completions = evaluation.solve(params, gpt, operands, jax.random.key(_SEED.value + 1),
                                     greedy=False, temperature=_TEMPERATURE.value,
-                                    batch_size=min(256, _SAMPLED.value), max_digits=digits)
+                                    batch_size=min(256, _SAMPLED.value), max_digits=digits,
+                                    vocabulary=vocabulary)
   forced = critical_tokens.teacher_forced(params, gpt, operands, n_max,
                                           certainty_method=_CERTAINTY_METHOD.value,
-                                          certainty_temperature=_WEIGHT_TEMPERATURE.value)
+                                          certainty_temperature=_WEIGHT_TEMPERATURE.value,
+                                          vocabulary=vocabulary)
   weights = [np.power(c.astype(np.float64), _WEIGHT_BETA.value) for c in forced.certainty]
   report = selectivity.deviation_analysis(completions, operands, n_max, weights)
   print(f"\n{report['num_episodes']} episodes sampled at τ={_TEMPERATURE.value}: "
@@ -177,6 +183,7 @@ def main(_):
   _validate_flags()
   params, gpt, saved = checkpoints.load_model(_CHECKPOINT.value)
   n_max = int(saved["pretrain_max_digits"])
+  vocabulary = tokenizer.Vocabulary.from_dict(saved["vocabulary"])
   digits = n_max + 1 if _DIGITS.value is None else _DIGITS.value
   _validate_digits(n_max, digits)
   rng = np.random.default_rng(_SEED.value)
@@ -184,7 +191,7 @@ def main(_):
   forced = critical_tokens.teacher_forced(
       params, gpt, operands, n_max, temperature=_TEMPERATURE.value,
       certainty_method=_CERTAINTY_METHOD.value,
-      certainty_temperature=_CERTAINTY_TEMPERATURE.value)
+      certainty_temperature=_CERTAINTY_TEMPERATURE.value, vocabulary=vocabulary)
   gap = critical_tokens.certainty_gap(forced.certainty, forced.critical_names)
   probability = critical_tokens.critical_token_probability(forced.probs, forced.greedy_correct,
                                                            forced.critical)
@@ -197,16 +204,18 @@ def main(_):
         f"{probability['mean_probability']:.4f}; problems with every critical token right under "
         f"greedy argmax: {100 * probability['all_greedy_right']:.1f}%")
 
-  failures = _failure_report(params, gpt, rng, digits, n_max) if _FAILURES.value else None
-
-  deviations = _deviation_report(params, gpt, rng, digits, n_max) if _SAMPLED.value else None
+  failures = (_failure_report(params, gpt, vocabulary, rng, digits, n_max) if _FAILURES.value
+              else None)
+  deviations = (_deviation_report(params, gpt, vocabulary, rng, digits, n_max) if _SAMPLED.value
+                else None)
 
   temperatures, betas = _grid_values()
   grid = []
   if betas and temperatures:
     grid = selectivity.teacher_forced_grid(params, gpt, operands, n_max,
                                            methods=_GRID_METHODS.value,
-                                           certainty_temperatures=temperatures, betas=betas)
+                                           certainty_temperatures=temperatures, betas=betas,
+                                           vocabulary=vocabulary)
     print(f"\nselectivity of w = Ĵ^β (teacher-forced, same {_NUM_PROBLEMS.value} problems): mean "
           f"weight on critical and other tokens, share of Σ(1 − w) on critical tokens "
           f"({grid[0]['critical_tokens']} critical, {grid[0]['other_tokens']} other tokens)")

@@ -15,6 +15,7 @@ from absl import flags
 
 from critical_kl import checkpoints
 from critical_kl import evaluation
+from critical_kl import tokenizer
 from experiments import _cli
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", checkpoints.DEFAULT_MODEL,
@@ -48,6 +49,7 @@ def main(_):
     raise ValueError(f"--temperature must be > 0, got {_TEMPERATURE.value}")
   params, gpt, config = checkpoints.load_model(_CHECKPOINT.value)
   n_max = config["pretrain_max_digits"]
+  vocabulary = tokenizer.Vocabulary.from_dict(config["vocabulary"])
   modes = evaluation.MODES if _MODE.value == "both" else (_MODE.value,)
   greedy = _DECODING.value == "greedy"
   print(f"model {_CHECKPOINT.value}: pre-trained on 1..{n_max} digits; {_DECODING.value} decoding"
@@ -57,7 +59,7 @@ def main(_):
     for mode in modes:
       results.append(evaluation.evaluate_suite(
           params, gpt, digits, mode, _NUM_EXAMPLES.value, seed=_SEED.value, greedy=greedy,
-          temperature=_TEMPERATURE.value, batch_size=_BATCH_SIZE.value))
+          temperature=_TEMPERATURE.value, batch_size=_BATCH_SIZE.value, vocabulary=vocabulary))
       r = results[-1]
       print(f"  {digits} digits, {mode}: {100 * r['accuracy']:.1f}%", flush=True)
   print(evaluation.format_table(results))

@@ -101,3 +101,38 @@ def test_encode_batch_names_text_and_position_of_unknown():
 def test_encode_batch_empty():
   ids, lengths = tokenizer.encode_batch([], length=5)
   assert ids.shape == (0, 5) and lengths.shape == (0,)
+
+
+def test_default_vocabulary_is_the_module_table():
+  assert tokenizer.DEFAULT.tokens == ("<pad>",) + tuple(tokenizer.CHARS)
+  assert tokenizer.DEFAULT.chars == tokenizer.CHARS and tokenizer.DEFAULT.end_ids == (0,)
+  assert tokenizer.Vocabulary.from_dict(tokenizer.DEFAULT.to_dict()) == tokenizer.DEFAULT
+
+
+def test_another_vocabulary_keeps_its_ids():
+  # Characters in another order, padding by a character, a special token, a non-ASCII character.
+  vocabulary = tokenizer.Vocabulary(("b", "<|endoftext|>", "\n", "%", "a", "é"), pad_id=3)
+  assert len(vocabulary) == 6 and vocabulary.chars == "b\n%aé"
+  assert vocabulary.end_ids == (1, 3)
+  assert vocabulary.encode("ab\né").tolist() == [4, 0, 2, 5]
+  assert vocabulary.token_id("\n") == 2
+  assert vocabulary.decode([4, 1, 0, 3, 3]) == "ab"  # the special token and the padding drop out
+  ids, lengths = vocabulary.encode_batch(["a", "bab"])
+  np.testing.assert_array_equal(ids, [[4, 3, 3], [0, 4, 0]])
+  np.testing.assert_array_equal(lengths, [1, 3])
+  with pytest.raises(ValueError, match=re.escape("unknown character '+' at position 1")):
+    vocabulary.encode("a+")
+  with pytest.raises(ValueError, match="'<' is not a character"):
+    vocabulary.token_id("<")
+  with pytest.raises(ValueError, match="token ids must lie in 0..5"):
+    vocabulary.decode([6])
+  # A static jit argument: hashable, and equal by value.
+  again = tokenizer.Vocabulary.from_dict(json.loads(json.dumps(vocabulary.to_dict())))
+  assert again == vocabulary and hash(again) == hash(vocabulary)
+
+
+def test_vocabulary_rejects_repeated_characters_and_bad_padding():
+  with pytest.raises(ValueError, match=re.escape("several token ids: ['a']")):
+    tokenizer.Vocabulary(("<pad>", "a", "b", "a"), pad_id=0)
+  with pytest.raises(ValueError, match="pad_id 3"):
+    tokenizer.Vocabulary(("<pad>", "a", "b"), pad_id=3)
