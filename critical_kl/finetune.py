@@ -151,7 +151,7 @@ def _init_runs(ref_params, config, arms, runs):
                                  by_name[name].learning_rate) for name, seed in runs])
 
 
-def finetune(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = False,
+def finetune(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = False,
              log=print, resume_previous: bool = False) -> FinetuneResult:
   """Runs RL fine-tuning for every (arm, seed); resumes from `workdir` when it holds a checkpoint.
 

@@ -273,10 +273,11 @@ def test_evaluation_and_rl_run_on_the_imported_model(imported, tmp_path):
   c = rl_default.get_config()
   c.checkpoint = directory
   c.update(num_seeds=1, num_iterations=1, episodes_per_collect=4, num_minibatches=2,
-           eval_episodes=4, critical_eval_problems=4, checkpoint_every=1, temperature=2.0)
-  out = finetune.finetune(c, str(tmp_path / "rl"), {"prioritized": 150.0}, log=lambda _: None)
-  assert out["task"].vocabulary == vocabulary
-  assert np.isfinite(out["history"][0]["runs"][0]["loss"])
+           eval_episodes=4, critical_eval_problems=4, matched_problems=4, checkpoint_every=1,
+           temperature=2.0, arms="standard,prioritized")
+  out = finetune.finetune(c, str(tmp_path / "rl"), log=lambda _: None)
+  assert out.task.vocabulary == vocabulary
+  assert all(np.isfinite(run["loss"]) for run in out.history[0]["runs"])
 
 
 def _damage(snapshot, tmp_path, change) -> str:
