@@ -15,6 +15,8 @@ from critical_kl.configs import prioritized_kl
 def get_config():
   c = prioritized_kl.get_config()
   c.num_seeds = 10
+  c.episodes_per_collect = 20
+  c.num_minibatches = 4
   c.num_iterations = 50  # 1,000 episodes per run
   c.eval_episodes = 400
   c.eval_every = 5
