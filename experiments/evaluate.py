@@ -10,6 +10,7 @@ Prints a table, then one line of JSON:
    "accuracy": x, "ci95": [lo, hi]}, ...]}
 """
 import json
+import time
 
 from absl import flags
 
@@ -54,14 +55,16 @@ def main(_):
   greedy = _DECODING.value == "greedy"
   print(f"model {_CHECKPOINT.value}: pre-trained on 1..{n_max} digits; {_DECODING.value} decoding"
         + ("" if greedy else f" at temperature {_TEMPERATURE.value}"))
-  results = []
-  for digits in parse_digits(_DIGITS.value, n_max):
-    for mode in modes:
-      results.append(evaluation.evaluate_suite(
-          params, gpt, digits, mode, _NUM_EXAMPLES.value, seed=_SEED.value, greedy=greedy,
-          temperature=_TEMPERATURE.value, batch_size=_BATCH_SIZE.value, vocabulary=vocabulary))
-      r = results[-1]
-      print(f"  {digits} digits, {mode}: {100 * r['accuracy']:.1f}%", flush=True)
+  results, t0 = [], time.time()
+  suites = [(digits, mode) for digits in parse_digits(_DIGITS.value, n_max) for mode in modes]
+  for i, (digits, mode) in enumerate(suites):
+    results.append(evaluation.evaluate_suite(
+        params, gpt, digits, mode, _NUM_EXAMPLES.value, seed=_SEED.value, greedy=greedy,
+        temperature=_TEMPERATURE.value, batch_size=_BATCH_SIZE.value, vocabulary=vocabulary))
+    spent = time.time() - t0
+    # Longer suites take longer: the estimate is a lower bound.
+    print(f"  {i + 1}/{len(suites)} {digits} digits, {mode}: {100 * results[-1]['accuracy']:.1f}%"
+          f"  {spent:.0f}s, ETA {spent / (i + 1) * (len(suites) - i - 1):.0f}s", flush=True)
   print(evaluation.format_table(results))
   print(json.dumps({"pretrain_max_digits": n_max, "results": results}))
 

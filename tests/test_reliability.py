@@ -234,3 +234,11 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tiny_model, tmp_path, se
       (tmp_path / "rb" / "metrics.jsonl").read_text()
   jax.tree_util.tree_map(np.testing.assert_array_equal, _latest_state(tmp_path / "ra"),
                          _latest_state(tmp_path / "rb"))
+
+
+def test_evaluate_reports_progress(tiny_model):
+  proc = _run("experiments.evaluate", f"--checkpoint={tiny_model}", "--digits=1,2",
+              "--num_examples=2")
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  progress = [line for line in proc.stdout.splitlines() if "ETA" in line]
+  assert [line.split()[0] for line in progress] == ["1/4", "2/4", "3/4", "4/4"]
