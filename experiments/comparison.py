@@ -120,8 +120,9 @@ def plot(history: list[dict], out, config, path: str) -> None:
     ax.set_xlabel("training episodes")
     ax.set_title(title, fontsize=10)
   axes[0].legend(fontsize=8)
+  band = "95% CI over seeds" if config.num_seeds > 2 else "min–max over seeds"
   fig.suptitle(f"RL on N+{config.extra_digits} digits, {config.num_seeds} seeds per arm "
-               "(bands: 95% CI over seeds)", fontsize=10)
+               f"(bands: {band})", fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
