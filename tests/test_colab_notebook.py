@@ -72,7 +72,7 @@ def test_notebook_runs_in_smoke_mode(tmp_path):
   env = dict(os.environ, CRITICAL_KL_SMOKE="1", CRITICAL_KL_WORKDIR=str(tmp_path),
              JAX_PLATFORMS="cpu")
   proc = subprocess.run([sys.executable, "-c", RUNNER, NOTEBOOK, CACHE], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=300)
+                        capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
   with open(NOTEBOOK) as f:
     num_code = sum(c["cell_type"] == "code" for c in json.load(f)["cells"])

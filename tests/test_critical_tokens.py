@@ -176,7 +176,7 @@ def exported(tmp_path_factory, params):
 
 def _experiment(*flags, cwd):
   return subprocess.run([sys.executable, "-m", "experiments.critical_tokens", *flags],
-                        cwd=cwd, capture_output=True, text=True, timeout=300,
+                        cwd=cwd, capture_output=True, text=True, timeout=900,
                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 

@@ -407,7 +407,7 @@ def test_digits_come_from_the_name_or_the_argument(snapshot, tmp_path):
 
 def _cli(*flags, cwd):
   return subprocess.run([sys.executable, "-m", "experiments.import_checkpoint", *flags],
-                        cwd=cwd, capture_output=True, text=True, timeout=300,
+                        cwd=cwd, capture_output=True, text=True, timeout=900,
                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 

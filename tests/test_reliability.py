@@ -42,7 +42,7 @@ def _env() -> dict:
               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
 
 
-def _run(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def _run(module: str, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
   return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=_env(),
                         capture_output=True, text=True, timeout=timeout)
 
@@ -196,7 +196,7 @@ def _kill_at_random_point(cmd: list[str], checkpoint_dir: str, rng: random.Rando
   """Starts `cmd`, waits for its first checkpoint, then kills it at a random moment."""
   proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
-  deadline = time.time() + 300
+  deadline = time.time() + 900
   while not (os.path.isdir(checkpoint_dir) and any(d.isdigit() for d in os.listdir(checkpoint_dir))):
     assert proc.poll() is None and time.time() < deadline, "no checkpoint before the end"
     time.sleep(0.05)
@@ -212,11 +212,11 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tiny_model, tmp_path, se
   # Pre-training.
   pre = [sys.executable, "-m", "experiments.pretrain", *TINY_PRETRAIN, "--config.num_steps=60"]
   assert subprocess.run(pre + [f"--workdir={tmp_path / 'pa'}"], cwd=ROOT, env=_env(),
-                        capture_output=True, timeout=300).returncode == 0
+                        capture_output=True, timeout=900).returncode == 0
   _kill_at_random_point(pre + [f"--workdir={tmp_path / 'pb'}"], str(tmp_path / "pb" / "checkpoints"),
                         rng)
   assert subprocess.run(pre + [f"--workdir={tmp_path / 'pb'}"], cwd=ROOT, env=_env(),
-                        capture_output=True, timeout=300).returncode == 0
+                        capture_output=True, timeout=900).returncode == 0
   straight, _, _ = checkpoints.load_model(str(tmp_path / "pa"))
   resumed, _, _ = checkpoints.load_model(str(tmp_path / "pb"))
   jax.tree_util.tree_map(np.testing.assert_array_equal, straight, resumed)
@@ -224,11 +224,11 @@ def test_killed_runs_resume_to_the_uninterrupted_result(tiny_model, tmp_path, se
   rl = [sys.executable, "-m", "experiments.rl_finetune", *_tiny_rl(tiny_model),
         "--config.num_iterations=10"]
   assert subprocess.run(rl + [f"--workdir={tmp_path / 'ra'}"], cwd=ROOT, env=_env(),
-                        capture_output=True, timeout=300).returncode == 0
+                        capture_output=True, timeout=900).returncode == 0
   _kill_at_random_point(rl + [f"--workdir={tmp_path / 'rb'}"], str(tmp_path / "rb" / "checkpoints"),
                         rng)
   proc = subprocess.run(rl + [f"--workdir={tmp_path / 'rb'}"], cwd=ROOT, env=_env(),
-                        capture_output=True, text=True, timeout=300)
+                        capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert (tmp_path / "ra" / "metrics.jsonl").read_text() == \
       (tmp_path / "rb" / "metrics.jsonl").read_text()

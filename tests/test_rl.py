@@ -152,11 +152,11 @@ def test_bad_hyper_parameters_raise(tiny_model, field, value, message):
 def test_cli_bad_input_is_one_line(tiny_model, tmp_path):
   cmd = [sys.executable, "-m", "experiments.rl_finetune", f"--workdir={tmp_path}",
          f"--config.checkpoint={tiny_model}", "--config.beta=-3"]
-  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
   assert proc.returncode != 0
   assert "beta" in proc.stderr and "Traceback" not in proc.stderr
   proc = subprocess.run(cmd[:4] + ["--config.checkpoint=/does/not/exist"], capture_output=True,
-                        text=True, timeout=120)
+                        text=True, timeout=900)
   assert proc.returncode != 0 and "no checkpoint" in proc.stderr
   assert "Traceback" not in proc.stderr
 

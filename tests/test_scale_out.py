@@ -217,7 +217,7 @@ def test_indivisible_runs_and_episodes_raise(mesh_results):
 def test_cli_indivisible_batch_is_one_error_line(tmp_path):
   proc = _run_worker("--config.sharding.data=0", "--config.batch_size=12",
                      f"--workdir={tmp_path}", module="experiments.pretrain")
-  _, stderr = proc.communicate(timeout=300)
+  _, stderr = proc.communicate(timeout=900)
   assert proc.returncode == 2
   assert stderr.strip().splitlines() == [
       "error: batch size 12 is not divisible by the 8 devices of the data axis"]
@@ -265,7 +265,7 @@ def test_two_processes_equal_one_device(mesh_results, tiny_model, tmp_path):
   port = _free_port()
   procs = [_run_worker("process", tmp_path, tiny_model, i, port, devices=4) for i in range(2)]
   for proc in procs:
-    _finish(proc, timeout=300)
+    _finish(proc, timeout=900)
   infos = []
   for i in range(2):
     with open(tmp_path / f"info_{i}.json") as f:
