@@ -13,6 +13,7 @@ problem, not as Orbax's or TensorStore's own exceptions.
 import contextlib
 import gc
 import json
+import logging
 import os
 import shutil
 import sys
@@ -74,15 +75,33 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, config: dict) -> No
   mngr.wait_until_finished()
 
 
+class _DropEchoesOf(logging.Filter):
+  """Drops asyncio's "Future exception was never retrieved" reports about reads under `where`."""
+
+  def __init__(self, where: str):
+    super().__init__()
+    self.where = where
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not ("exception was never retrieved" in message and self.where in message)
+
+
 @contextlib.contextmanager
-def _one_error_only():
+def _one_error_only(where: str):
   """Orbax reads the arrays of a checkpoint in concurrent coroutines; when a damaged file makes
-  several fail, the first error is raised and the others surface later as "Exception ignored"
-  tracebacks. Inside this context those echoes are dropped; the raised error is kept."""
+  several fail, the first error is raised and the others surface later, as "Exception ignored"
+  tracebacks or as asyncio's "Future exception was never retrieved" log records, whenever the
+  garbage collector reaches them. Inside this context the first kind is dropped; after a failure,
+  the second kind is dropped for reads under `where` from then on (they may come at exit). The
+  raised error is kept."""
   previous = sys.unraisablehook
   sys.unraisablehook = lambda _: None
   try:
     yield
+  except Exception:
+    logging.getLogger("asyncio").addFilter(_DropEchoesOf(os.path.abspath(where)))
+    raise
   finally:
     gc.collect()
     sys.unraisablehook = previous
@@ -106,7 +125,7 @@ def _restore_step(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, c
                           f"({_reason(e)})") from e
   check_same_model(saved, config, where)
   try:
-    with _one_error_only():
+    with _one_error_only(where):
       restored = mngr.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state)))
   except Exception as e:  # pylint: disable=broad-except
@@ -218,7 +237,7 @@ def load_model(directory: str) -> tuple[Any, model_lib.GPTConfig, dict]:
     raise CheckpointError(f"the vocabulary saved at {path} has {len(vocabulary)} tokens, the "
                           f"model's vocab_size is {gpt_config.vocab_size}")
   try:
-    with _one_error_only():
+    with _one_error_only(path):
       return _restore_params(path, gpt_config), gpt_config, config
   except CheckpointError:
     raise

@@ -1,5 +1,6 @@
 """What every experiment's main shares: config file paths, one-line errors for bad input, and the
 flags of runs spread over several processes (hosts)."""
+import logging as std_logging
 import os
 import sys
 
@@ -61,8 +62,10 @@ def _start_distributed() -> None:
 
 def _exit_with(error: Exception, status: int) -> None:
   """Prints the one error line and exits; background reads that fail after the error (Orbax's
-  other coroutines on a damaged checkpoint) stay silent instead of adding tracebacks."""
+  other coroutines on a damaged checkpoint, reported when collected, as unraisable exceptions or
+  as asyncio log records) stay silent instead of adding tracebacks."""
   sys.unraisablehook = lambda _: None
+  std_logging.getLogger("asyncio").disabled = True
   print(f"error: {error}", file=sys.stderr)
   sys.exit(status)
 
