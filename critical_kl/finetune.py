@@ -24,6 +24,7 @@ from critical_kl import checkpoints
 from critical_kl import distributed
 from critical_kl import divergence
 from critical_kl import rl
+from critical_kl import sampling
 from critical_kl import selectivity
 from critical_kl import sharding
 from critical_kl import tokenizer
@@ -66,15 +67,32 @@ def _eval_sets(config, task: rl.Task):
           rl.teacher_set(teacher_ops, task.n_max, task.vocabulary))
 
 
+# What the learning curves draw (the paper's Figures 4 and 7): the only figures computed at the
+# evaluations during training; before and after RL every figure is.
+CURVE_FIGURES = ("sampled_accuracy", "critical_probability")
+
+
+def _chunks(problems: sampling.Problems, size: int) -> list[sampling.Problems]:
+  """`problems` cut into consecutive pieces of at most `size` problems."""
+  count = problems.prompts.shape[0]
+  return [jax.tree_util.tree_map(lambda x, i=i: x[i:i + size], problems)
+          for i in range(0, count, size)]
+
+
 class Evaluator:
   """Accuracy (greedy and sampled at τ) and critical-token probability of stacked parameters.
 
-  `__call__(params, label, log)` prints one line per figure with the time taken and an estimate
-  of the time left, so that a long evaluation is not mistaken for a hang.
+  The test problems are rolled out `config.eval_chunk` at a time (the KV cache of all runs × all
+  problems may not fit in memory), chunk i > 0 with the key folded with i, so that a figure
+  depends on the problems and the key alone, not on how many runs share the program.
+  `__call__(params, label, log, names)` prints one line per figure with the time taken and an
+  estimate of the time left, so that a long evaluation is not mistaken for a hang.
   """
 
   def __init__(self, gpt, config, task: rl.Task):
-    self.rl_problems, self.in_problems, self.teacher = _eval_sets(config, task)
+    rl_problems, in_problems, self.teacher = _eval_sets(config, task)
+    size = config.eval_chunk or config.eval_episodes
+    self.rl_chunks, self.in_chunks = _chunks(rl_problems, size), _chunks(in_problems, size)
     self.key = jax.random.key(config.seed + 1)
     greedy = rl.make_runs_accuracy(gpt, task.max_new_tokens, config.temperature, True,
                                    task.vocabulary)
@@ -82,18 +100,29 @@ class Evaluator:
                                     task.vocabulary)
     critical = rl.make_runs_critical_probability(gpt)
     self.figures = dict(
-        sampled_accuracy=lambda p: sampled(p, self.rl_problems, self.key),
-        accuracy=lambda p: greedy(p, self.rl_problems, self.key),
-        in_distribution_accuracy=lambda p: greedy(p, self.in_problems, self.key),
+        sampled_accuracy=lambda p: self._accuracy(sampled, p, self.rl_chunks),
+        accuracy=lambda p: self._accuracy(greedy, p, self.rl_chunks),
+        in_distribution_accuracy=lambda p: self._accuracy(greedy, p, self.in_chunks),
         critical_probability=lambda p: critical(p, self.teacher))
 
-  def __call__(self, params, label: str = "", log=lambda *_: None) -> dict[str, list[float]]:
+  def _accuracy(self, accuracy, params, chunks) -> np.ndarray:
+    """[R] share solved over all chunks, each chunk weighted by its number of problems."""
+    # In float64, products and quotient are exact: one chunk gives its own figure, bit for bit.
+    solved = [np.asarray(accuracy(params, chunk,
+                                  self.key if i == 0 else jax.random.fold_in(self.key, i)),
+                         np.float64) * chunk.prompts.shape[0] for i, chunk in enumerate(chunks)]
+    return sum(solved) / sum(c.prompts.shape[0] for c in chunks)
+
+  def __call__(self, params, label: str = "", log=lambda *_: None,
+               names=None) -> dict[str, list[float]]:
+    """Figure name → one value per run, for `names` (default: every figure)."""
+    names = tuple(self.figures) if names is None else names
     out, t0 = {}, time.time()
-    for i, (name, figure) in enumerate(self.figures.items()):
-      out[name] = np.asarray(figure(params)).tolist()
+    for i, name in enumerate(names):
+      out[name] = np.asarray(self.figures[name](params)).tolist()
       spent = time.time() - t0
-      left = spent / (i + 1) * (len(self.figures) - i - 1)
-      log(f"  evaluating{' ' + label if label else ''}: {i + 1}/{len(self.figures)} {name} "
+      left = spent / (i + 1) * (len(names) - i - 1)
+      log(f"  evaluating{' ' + label if label else ''}: {i + 1}/{len(names)} {name} "
           f"(mean {np.mean(out[name]):.3f})  {spent:.0f}s, ETA {left:.0f}s")
     return out
 
@@ -217,7 +246,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool
     _check_finite(record)
     if config.eval_every and (it + 1) % config.eval_every == 0 and it + 1 < config.num_iterations:
       record["eval"] = evaluator(distributed.host_local(state.params), f"at iteration {it + 1}",
-                                 log)
+                                 log, CURVE_FIGURES)
     history.append(record)
     if main:
       with open(metrics_path, "a") as f:

@@ -48,6 +48,39 @@ def test_iteration_changes_params_and_reports_metrics(tiny_model, tmp_path):
   assert len(progress) == 4 and all("ETA" in line for line in progress)
 
 
+def test_evaluator_chunks_the_test_problems(tiny_model):
+  """Chunked accuracy is the problem-weighted mean over chunks, chunk 0 with the key itself and
+  chunk i with the key folded with i; one chunk is the plain figure."""
+  _, gpt, pre = checkpoints.load_model(tiny_model)
+  task = rl.make_task(pre["pretrain_max_digits"], 1)
+  seen = []
+
+  def fake(params, problems, key):  # [R]: the share of odd prompt lengths, and the key it got
+    seen.append(np.asarray(jax.random.key_data(key)))
+    return np.full(2, np.mean(np.asarray(problems.prompt_lengths) % 2), np.float32)
+
+  whole = finetune.Evaluator(gpt, tiny_config(tiny_model, eval_episodes=7, eval_chunk=0), task)
+  chunked = finetune.Evaluator(gpt, tiny_config(tiny_model, eval_episodes=7, eval_chunk=3), task)
+  assert [c.prompts.shape[0] for c in chunked.rl_chunks] == [3, 3, 1]
+  expected = whole._accuracy(fake, None, whole.rl_chunks)
+  assert 0 < expected[0] < 1
+  seen.clear()
+  np.testing.assert_allclose(chunked._accuracy(fake, None, chunked.rl_chunks), expected,
+                             rtol=1e-6)
+  key = chunked.key
+  wanted = [key, jax.random.fold_in(key, 1), jax.random.fold_in(key, 2)]
+  for got, want in zip(seen, wanted):
+    np.testing.assert_array_equal(got, jax.random.key_data(want))
+
+
+def test_evaluations_during_training_compute_the_curves_only(tiny_model, tmp_path):
+  out = finetune.finetune(tiny_config(tiny_model, num_iterations=2, eval_every=1),
+                          str(tmp_path), log=lambda _: None)
+  assert set(out.history[0]["eval"]) == set(finetune.CURVE_FIGURES)
+  assert "eval" not in out.history[1]  # the last iteration: the evaluation after RL instead
+  assert len(out.after) == 4
+
+
 def test_vmapped_seeds_equal_single_runs(tiny_model, tmp_path):
   c = tiny_config(tiny_model, num_seeds=2, arms="standard")
   both = finetune.finetune(c, str(tmp_path / "both"), log=lambda _: None)

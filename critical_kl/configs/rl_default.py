@@ -50,7 +50,12 @@ def get_config() -> ml_collections.ConfigDict:
   # docs/results.md). At 1.0 certain tokens keep weights near 1 and critical ones drop to ~0.
   c.certainty_temperature = 1.0
   c.eval_episodes = 100  # [paper] 100 episodes per test
-  c.eval_every = 0  # evaluate every this many iterations besides before and after (0: never)
+  # Test problems rolled out at once (0: all): all runs' KV caches for this many problems must fit
+  # in memory (about 1.8 MB per episode for the shipped model).
+  c.eval_chunk = 100
+  # Evaluate every this many iterations besides before and after (0: never); these evaluations
+  # compute the learning curves' figures only (finetune.CURVE_FIGURES).
+  c.eval_every = 0
   c.critical_eval_problems = 64  # teacher-forced set for the critical-token probability
   # Teacher-forced set for the reference's selectivity and the matched arm's α factor.
   c.matched_problems = 64
