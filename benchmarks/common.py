@@ -43,9 +43,10 @@ def time_compiled(jitted, args: tuple, reps: int):
   return min(times), out
 
 
-def measure_matmul_peak(size: int = 2048, reps: int = 5) -> float:
-  """GFLOP/s of a jitted float32 [size, size] @ [size, size] matmul: this machine's dense peak."""
-  a, b = jax.random.normal(jax.random.key(0), (2, size, size), jnp.float32)
+def measure_matmul_peak(size: int = 2048, reps: int = 5, dtype: str = "float32") -> float:
+  """GFLOP/s of a jitted [size, size] @ [size, size] matmul in `dtype`: this device's dense peak
+  (at JAX's default matmul precision, the one the model's matmuls run at)."""
+  a, b = jax.random.normal(jax.random.key(0), (2, size, size), jnp.float32).astype(dtype)
   dot = jax.jit(jnp.dot)
   return 2 * size**3 / timeit(lambda: dot(a, b), reps)[0] / 1e9
 

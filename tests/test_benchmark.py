@@ -87,6 +87,26 @@ def test_rl_smoke_run_ends_with_the_json_schema():
   assert "ours × eager PyTorch" in proc.stdout and "target:" not in proc.stdout
 
 
+def test_accelerator_smoke_run_ends_with_the_json_schema():
+  """`python -m benchmarks.accelerator --smoke`: float32 and bfloat16, each against its own peak."""
+  cmd = [sys.executable, "-m", "benchmarks.accelerator", "--smoke"]
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
+  proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  figures = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert figures["model"] == "smoke" and list(figures["dtypes"]) == ["float32", "bfloat16"]
+  for dtype, f in figures["dtypes"].items():
+    assert f["matmul_peak_gflops_per_s"] > 0, dtype
+    for name in ("pretrain", "rl"):
+      assert f[f"{name}_tokens_per_s"] > 0, (dtype, name)
+      assert 0 < f[f"{name}_peak_fraction"] < 10, (dtype, name)
+    assert f["rl_episode_length"] == 257, dtype  # PAD is never sampled, in bfloat16 too
+  bad = subprocess.run(cmd + ["--dtypes=float16"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300, env=env)
+  assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --dtypes")
+
+
 @pytest.fixture(name="peer_torch")
 def fixture_peer_torch():
   pytest.importorskip("torch")

@@ -81,3 +81,35 @@ def test_row_wise_causal_attention_matches_batched_with_gradients():
   theirs = jax.grad(loss(_batched_causal_attention), argnums=(0, 1, 2))(q, k, v)
   for a, b in zip(ours, theirs):
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_bfloat16_compute_stays_close_to_float32():
+  """dtype="bfloat16" computes in bfloat16 with float32 parameters, logits and values; the
+  pre-training loss and its gradient stay close to float32's (the accelerator option)."""
+  from critical_kl import arithmetic  # pylint: disable=import-outside-toplevel
+  from critical_kl import pretrain  # pylint: disable=import-outside-toplevel
+  from critical_kl import tokenizer  # pylint: disable=import-outside-toplevel
+  f32 = model_lib.GPTConfig(block_size=256, n_layer=2, n_head=4, n_embd=64, value_hidden=16)
+  bf16 = model_lib.GPTConfig(**dict(vars(f32), dtype="bfloat16"))
+  params = model_lib.init_params(bf16, jax.random.key(0))
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(params))
+  texts = [arithmetic.prompt(a, b) + arithmetic.scratchpad(a, b) for a, b in ((12, 345), (7, 89))]
+  tokens, lengths = tokenizer.DEFAULT.encode_batch(texts)
+  tokens = jnp.asarray(tokens)
+  mask = jnp.asarray(np.arange(tokens.shape[1])[None] < lengths[:, None], jnp.float32)
+  positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+  out = model_lib.forward(params, bf16, tokens)
+  assert out.logits.dtype == jnp.float32 and out.values.dtype == jnp.float32
+  results = {}
+  for name, gpt in (("f32", f32), ("bf16", bf16)):
+    results[name] = jax.value_and_grad(pretrain.completion_loss)(params, gpt, tokens, positions,
+                                                                mask)
+  (loss32, g32), (loss16, g16) = results["f32"], results["bf16"]
+  np.testing.assert_allclose(loss16, loss32, rtol=1e-2)
+  flat32, flat16 = (jnp.concatenate([x.ravel() for x in jax.tree_util.tree_leaves(g)])
+                    for g in (g32, g16))
+  assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(g16))
+  cosine = jnp.dot(flat32, flat16) / (jnp.linalg.norm(flat32) * jnp.linalg.norm(flat16))
+  assert cosine > 0.99, cosine
+  # The float32 run is not trivially equal: bfloat16 does change the numbers.
+  assert float(loss16) != float(loss32)
