@@ -90,7 +90,7 @@ class _ParameterSums:
   def __init__(self, *_):
     self.sums = jax.jit(jax.vmap(lambda p: sum(x.sum() for x in jax.tree_util.tree_leaves(p))))
 
-  def __call__(self, params, *_) -> dict[str, list[float]]:
+  def __call__(self, params, *_, **__) -> dict[str, list[float]]:
     sums = np.asarray(self.sums(params)).tolist()
     return dict(accuracy=sums, sampled_accuracy=sums)
 
