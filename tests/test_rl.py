@@ -13,9 +13,9 @@ from critical_kl import checkpoints
 from critical_kl import finetune
 from critical_kl import losses
 from critical_kl import rl
+from critical_kl import runs as runs_lib
 from critical_kl.configs import rl_default
-from conftest import adam_atol  # tests/ is on sys.path under pytest
-from test_sampling import loop_predicate_shapes
+from conftest import adam_atol, loop_predicate_shapes  # tests/ is on sys.path under pytest
 
 
 def tiny_config(model_path, **overrides):
@@ -150,10 +150,11 @@ def test_learning_rate_is_a_leaf_of_each_run(tiny_model):
   params, gpt, saved = checkpoints.load_model(tiny_model)
   c = tiny_config(tiny_model)
   task = rl.make_task(saved["pretrain_max_digits"], c.extra_digits)
-  batch = rl.stack([rl.collect_batch(c, task, 0, 0)] * 2)
-  state = rl.stack([rl.init_state(params, c, jax.random.key(0), rate) for rate in (1e-12, 1e-3)])
+  batch = runs_lib.stack([rl.collect_batch(c, task, 0, 0)] * 2)
+  state = runs_lib.stack([rl.init_state(params, c, jax.random.key(0), rate)
+                          for rate in (1e-12, 1e-3)])
   run_arms = arms.run_arms(list(arms.parse("standard+lr=1e-12,standard", 0.0)))
-  new, _ = rl.make_runs_iteration(gpt, c, task)(state, run_arms, batch, params)
+  new, _ = runs_lib.make_runs_iteration(gpt, c, task)(state, run_arms, batch, params)
   moved = [max(float(np.abs(a[i] - b).max()) for a, b in zip(jax.tree_util.tree_leaves(new.params),
                                                              jax.tree_util.tree_leaves(params)))
            for i in range(2)]
@@ -225,11 +226,12 @@ def test_runs_share_one_rollout_loop(tiny_model):
   params, gpt, saved = checkpoints.load_model(tiny_model)
   c = tiny_config(tiny_model)
   task = rl.make_task(saved["pretrain_max_digits"], c.extra_digits)
-  batch = rl.stack([rl.collect_batch(c, task, seed, 0) for seed in range(2)])
-  state = rl.stack([rl.init_state(params, c, jax.random.key(seed)) for seed in range(2)])
+  batch = runs_lib.stack([rl.collect_batch(c, task, seed, 0) for seed in range(2)])
+  state = runs_lib.stack([rl.init_state(params, c, jax.random.key(seed)) for seed in range(2)])
   run_arms = arms.run_arms(list(arms.parse("standard,prioritized", 150.0)))
-  iteration = jax.make_jaxpr(rl.make_runs_iteration(gpt, c, task))(state, run_arms, batch, params)
-  accuracy = jax.make_jaxpr(rl.make_runs_accuracy(gpt, task.max_new_tokens, 1.0, True))(
+  iteration = jax.make_jaxpr(runs_lib.make_runs_iteration(gpt, c, task))(state, run_arms, batch,
+                                                                         params)
+  accuracy = jax.make_jaxpr(runs_lib.make_runs_accuracy(gpt, task.max_new_tokens, 1.0, True))(
       state.params, jax.tree_util.tree_map(lambda x: x[0], batch.problems), jax.random.key(0))
   assert loop_predicate_shapes(iteration.jaxpr) == [()]
   assert loop_predicate_shapes(accuracy.jaxpr) == [()]
