@@ -19,11 +19,13 @@ import optax
 from critical_kl import advantages as advantages_lib
 from critical_kl import arithmetic
 from critical_kl import arms as arms_lib
+from critical_kl import certainty as certainty_lib
 from critical_kl import losses
 from critical_kl import model as model_lib
 from critical_kl import sampling
 from critical_kl import selectivity
 from critical_kl import sharding
+from critical_kl import token_weights
 from critical_kl import tokenizer
 from critical_kl import trajectory as trajectory_lib
 
@@ -55,9 +57,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   losses.validate_loss_config(loss_config(config))
   if config.loss not in LOSSES:
     raise ValueError(f"unknown loss {config.loss!r}; valid: {', '.join(LOSSES)}")
-  if config.certainty_method not in losses.CERTAINTY_METHODS:
+  if config.certainty_method not in certainty_lib.CERTAINTY_METHODS:
     raise ValueError(f"unknown certainty method {config.certainty_method!r}; valid: "
-                     f"{', '.join(losses.CERTAINTY_METHODS)}")
+                     f"{', '.join(certainty_lib.CERTAINTY_METHODS)}")
   checks = {"beta": config.beta >= 0, "intercept": config.intercept <= 0,
             "grad_clip": config.grad_clip >= 0,
             "certainty_temperature": config.certainty_temperature > 0,
@@ -156,7 +158,8 @@ def reference_pass(ref_params, gpt: model_lib.GPTConfig, traj: trajectory_lib.Tr
   """
   ref_logits = trajectory_lib.align_to_tokens(model_lib.forward(ref_params, gpt, traj.tokens).logits)
   ref_logp, _ = losses.token_logp_and_entropy(ref_logits, traj.tokens, config.temperature)
-  certainty = losses.certainty(ref_logits, config.certainty_method, config.certainty_temperature)
+  certainty = certainty_lib.certainty(ref_logits, config.certainty_method,
+                                      config.certainty_temperature)
   return traj.replace(ref_logp=ref_logp, certainty=certainty), ref_logits
 
 
@@ -174,9 +177,9 @@ def kl_weights(arm: arms_lib.RunArms, certainty, critical_on_path, ref_entropy,
                intercept) -> jnp.ndarray:
   """The arm's KL token weights [B, T] before its α factor (`arms.RULES`): Ĵ^β, the oracle's
   critical mask, or (1 + H_ref)^−c; the inputs are [B, T]."""
-  choices = {"certainty": lambda: losses.prioritized_weights(certainty, arm.beta, intercept),
-             "oracle": lambda: losses.critical_mask_weights(critical_on_path),
-             "entropy": lambda: losses.entropy_weights(ref_entropy, arm.entropy_exponent)}
+  choices = {"certainty": lambda: token_weights.prioritized_weights(certainty, arm.beta, intercept),
+             "oracle": lambda: token_weights.critical_mask_weights(critical_on_path),
+             "entropy": lambda: token_weights.entropy_weights(ref_entropy, arm.entropy_exponent)}
   return jnp.select([arm.rule == i for i in range(len(arms_lib.RULES))],
                     [choices[rule]() for rule in arms_lib.RULES])
 
@@ -215,13 +218,13 @@ def make_iteration(gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict, 
     # A critical position counts as one only while the episode is still on the correct path:
     # after an early mistake its text there is something else (SPEC §6).
     traj = traj.replace(critical=batch.critical
-                        & losses.correct_prefix(traj.tokens, batch.correct, traj.mask))
+                        & token_weights.correct_prefix(traj.tokens, batch.correct, traj.mask))
     _, ref_entropy = losses.token_logp_and_entropy(ref_logits, traj.tokens,
                                                    config.certainty_temperature)
     unscaled = kl_weights(arm, traj.certainty, traj.critical, ref_entropy, config.intercept)
     weights = arm.kl_scale * unscaled
     # Over the whole collect, before the minibatches: the quantile is the batch's.
-    pg_weights = losses.top_entropy_mask(traj.entropy, traj.mask, arm.pg_top_share)
+    pg_weights = token_weights.top_entropy_mask(traj.entropy, traj.mask, arm.pg_top_share)
     rewards = traj.rewards + losses.kl_reward_penalty(traj, weights, loss_cfg)
     adv, ret = advantages_lib.gae(rewards, traj.values, traj.mask, config.gamma, config.lam)
     if config.normalize_advantages:

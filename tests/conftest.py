@@ -5,6 +5,7 @@ import os
 
 import jax
 from jax.extend import core as jax_core
+import numpy as np
 import pytest
 
 from critical_kl import checkpoints
@@ -27,6 +28,13 @@ def adam_atol(learning_rate: float, steps: int) -> float:
   relative tolerances where a test has them.
   """
   return 1e-2 * learning_rate * steps
+
+
+def np_log_softmax(logits, temperature):
+  """log softmax(logits / temperature) over the last axis in float64 numpy, as a reference."""
+  z = np.asarray(logits, np.float64) / temperature
+  z = z - z.max(axis=-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
 def loop_predicate_shapes(jaxpr) -> list[tuple]:

@@ -11,9 +11,9 @@ import pytest
 from critical_kl import arms
 from critical_kl import checkpoints
 from critical_kl import finetune
-from critical_kl import losses
 from critical_kl import rl
 from critical_kl import runs as runs_lib
+from critical_kl import token_weights
 from critical_kl.configs import rl_default
 from conftest import adam_atol, loop_predicate_shapes  # tests/ is on sys.path under pytest
 
@@ -123,7 +123,7 @@ def test_oracle_weights_follow_the_correct_path():
   correct = jnp.array([[1, 2, 5, 6, 7, 8]])
   mask = jnp.array([[0, 0, 1, 1, 1, 0]], jnp.float32)
   critical = jnp.array([[False, False, False, True, True, False]])
-  on_path = losses.correct_prefix(tokens, correct, mask)
+  on_path = token_weights.correct_prefix(tokens, correct, mask)
   # A generated position counts while every generated token before it is right; the mistake is
   # at 4, so 4 itself still counts.
   np.testing.assert_array_equal(on_path, [[False, False, True, True, True, False]])
@@ -140,7 +140,7 @@ def test_oracle_weights_follow_the_correct_path():
   np.testing.assert_allclose(weights(prioritized), np.full((1, 6), 0.25))
   np.testing.assert_allclose(weights(by_entropy), np.full((1, 6), 0.25))  # (1 + 1)^−2
   # A wrong token before a critical position takes it off the path.
-  off = losses.correct_prefix(jnp.array([[1, 2, 9, 6, 7, 0]]), correct, mask)
+  off = token_weights.correct_prefix(jnp.array([[1, 2, 9, 6, 7, 0]]), correct, mask)
   np.testing.assert_array_equal(off, [[False, False, True, False, False, False]])
 
 
