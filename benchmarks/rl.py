@@ -29,6 +29,7 @@ from critical_kl import arms
 from critical_kl import model as model_lib
 from critical_kl import pretrain
 from critical_kl import rl as rl_lib
+from critical_kl import runs as runs_lib
 from critical_kl import sampling
 from critical_kl.configs import rl_default
 from benchmarks import common
@@ -97,7 +98,7 @@ def first_arm(config: ml_collections.ConfigDict) -> tuple[arms.RunArms, float]:
 
 def measure_rl(params, gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict,
                task: rl_lib.Task, batch: rl_lib.Batch, reps: int) -> dict:
-  """Times `sampling.rollout` alone and a whole `rl.make_runs_iteration` call (R = 1 run).
+  """Times `sampling.rollout` alone and a whole `runs.make_runs_iteration` call (R = 1 run).
 
   The update time (reference pass, GAE, one pass of minibatch updates) is the difference: the
   iteration's own rollout differs from the one timed alone only by its key and the vmap over the
@@ -109,9 +110,9 @@ def measure_rl(params, gpt: model_lib.GPTConfig, config: ml_collections.ConfigDi
       params, gpt, problems, key, max_new_tokens=task.max_new_tokens,
       temperature=config.temperature, failure_reward=config.failure_reward))
   rollout_s, traj = common.time_compiled(rollout, (params, batch.problems, key), reps)
-  args = (rl_lib.stack([rl_lib.init_state(params, config, key)]), first_arm(config)[0],
-          rl_lib.stack([batch]), params)
-  iteration = rl_lib.make_runs_iteration(gpt, config, task)
+  args = (runs_lib.stack([rl_lib.init_state(params, config, key)]), first_arm(config)[0],
+          runs_lib.stack([batch]), params)
+  iteration = runs_lib.make_runs_iteration(gpt, config, task)
   iteration_s, (_, metrics) = common.time_compiled(iteration, args, reps)
   episodes = config.episodes_per_collect
   episode_length = float(metrics["episode_length"][0])

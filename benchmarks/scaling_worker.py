@@ -71,7 +71,7 @@ def _pretrain_program(model_fields: dict, batch_size: int, mesh, concrete: bool)
     state = jax.eval_shape(init)
     state = _abstract(state, sharding.param_sharding(state, mesh))
     batch = _abstract(batch, sharding.batch_sharding(mesh))
-  step = sharding.shard_pretrain_step(gpt, optimizer, state, mesh)
+  step = pretrain.make_train_step(gpt, optimizer, state, mesh)
   # Jitted once more so that it can be lowered ahead of time; the shardings of the inner jit stay.
   return jax.jit(step), (state, *batch), math.prod(batch[0].shape)
 
@@ -102,7 +102,7 @@ def _rl_program(model_fields: dict, episodes: int, mesh, concrete: bool):
                          for t in jax.eval_shape(init))
     batch = _abstract(batch, episode_sharding)
     arm = _abstract(arm, sharding.replicated(mesh))
-  iteration = sharding.shard_rl_iteration(gpt, config, task, state, mesh)
+  iteration = rl_lib.jit_iteration(gpt, config, task, state, mesh)
   return jax.jit(iteration), (state, arm, batch, ref_params)
 
 

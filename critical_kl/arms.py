@@ -18,7 +18,7 @@ An arm list is a comma-separated string (the config field `arms`), e.g.
 "standard,prioritized,matched,oracle,no_kl"; `+key=value` suffixes override one arm's `beta`,
 `lr` (learning rate), `kl` (factor on α), `c` (the entropy rule's exponent) or `rho`: the
 policy-gradient term then counts only the top-ρ share of tokens by policy entropy
-(`losses.top_entropy_mask`; ρ = 1, the default, counts every token). Examples:
+(`token_weights.top_entropy_mask`; ρ = 1, the default, counts every token). Examples:
 "standard+lr=1e-4", "prioritized+beta=500", "prioritized+rho=0.2", "entropy+c=4".
 """
 import dataclasses

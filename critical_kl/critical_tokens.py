@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from critical_kl import arithmetic
+from critical_kl import certainty as certainty_lib
 from critical_kl import losses
 from critical_kl import model as model_lib
 from critical_kl import tokenizer
@@ -45,7 +46,7 @@ class TeacherForced:
     completions: the n correct completions, `arithmetic.scratchpad(a, b)`.
     targets: int32 [C_i], token ids of the completion.
     probs: float32 [C_i], π(correct character | correct prefix) at the requested temperature.
-    certainty: float32 [C_i], Ĵ of the prediction at that character (`losses.certainty`).
+    certainty: float32 [C_i], Ĵ of the prediction at that character (`certainty.certainty`).
     argmax: int32 [C_i], the most likely token there (what greedy decoding would pick).
     critical_names: str [C_i], the critical token's name (`n+j_digit` / `n+j_comma`, SPEC §6) or ""
       where the character is not critical.
@@ -80,7 +81,7 @@ def _predict(params, gpt_config: model_lib.GPTConfig, tokens: jnp.ndarray, tempe
   """
   logits = trajectory.align_to_tokens(model_lib.forward(params, gpt_config, tokens).logits)
   logp, _ = losses.token_logp_and_entropy(logits, tokens, temperature)
-  certainty = losses.certainty(logits, certainty_method, certainty_temperature)
+  certainty = certainty_lib.certainty(logits, certainty_method, certainty_temperature)
   return logp, certainty, jnp.argmax(logits, axis=-1).astype(jnp.int32)
 
 
@@ -93,9 +94,9 @@ def _critical_names(a: int, b: int, n_max: int) -> np.ndarray:
 
 
 def _check_method(certainty_method: str) -> None:
-  if certainty_method not in losses.CERTAINTY_METHODS:
+  if certainty_method not in certainty_lib.CERTAINTY_METHODS:
     raise ValueError(f"unknown certainty method {certainty_method!r}; valid names: "
-                     f"{', '.join(losses.CERTAINTY_METHODS)}")
+                     f"{', '.join(certainty_lib.CERTAINTY_METHODS)}")
 
 
 def teacher_forced(params, gpt_config: model_lib.GPTConfig, operands: np.ndarray, n_max: int, *,
@@ -114,7 +115,7 @@ def teacher_forced(params, gpt_config: model_lib.GPTConfig, operands: np.ndarray
     operands: int [n, 2], the problems (a, b).
     n_max: N, the largest operand length of pre-training; it places the critical tokens.
     temperature: τ of the probabilities `probs`.
-    certainty_method: one of `losses.CERTAINTY_METHODS`.
+    certainty_method: one of `certainty.CERTAINTY_METHODS`.
     certainty_temperature: τ_c of Ĵ (SPEC §5; the authors use 4).
     batch_size: problems per forward pass.
     vocabulary: the model's vocabulary.

@@ -2,8 +2,8 @@
 
 A run is (arm, seed). The arms are `config.arms` (see `arms`); every arm runs the same seeds, and
 run s of every arm sees the same problems and starts from the same key. All runs advance together
-through one jitted, vmapped iteration; with `config.sharding`, on a device mesh (see
-`sharding.shard_runs_iteration`), where only the main process logs and writes `metrics.jsonl`.
+through one jitted, vmapped iteration (`runs.make_runs_iteration`); with `config.sharding`, on a
+device mesh (see `sharding`), where only the main process logs and writes `metrics.jsonl`.
 
 The loop is the only place with side effects: checkpoints, metrics, logs. It stops at the first
 non-finite metric (`divergence.DivergenceError`), before any checkpoint of non-finite parameters.
@@ -24,6 +24,7 @@ from critical_kl import checkpoints
 from critical_kl import distributed
 from critical_kl import divergence
 from critical_kl import rl
+from critical_kl import runs as runs_lib
 from critical_kl import sampling
 from critical_kl import selectivity
 from critical_kl import sharding
@@ -94,11 +95,11 @@ class Evaluator:
     size = config.eval_chunk or config.eval_episodes
     self.rl_chunks, self.in_chunks = _chunks(rl_problems, size), _chunks(in_problems, size)
     self.key = jax.random.key(config.seed + 1)
-    greedy = rl.make_runs_accuracy(gpt, task.max_new_tokens, config.temperature, True,
-                                   task.vocabulary)
-    sampled = rl.make_runs_accuracy(gpt, task.max_new_tokens, config.temperature, False,
-                                    task.vocabulary)
-    critical = rl.make_runs_critical_probability(gpt)
+    greedy = runs_lib.make_runs_accuracy(gpt, task.max_new_tokens, config.temperature, True,
+                                         task.vocabulary)
+    sampled = runs_lib.make_runs_accuracy(gpt, task.max_new_tokens, config.temperature, False,
+                                          task.vocabulary)
+    critical = runs_lib.make_runs_critical_probability(gpt)
     self.figures = dict(
         sampled_accuracy=lambda p: self._accuracy(sampled, p, self.rl_chunks),
         accuracy=lambda p: self._accuracy(greedy, p, self.rl_chunks),
@@ -192,8 +193,8 @@ def _init_runs(ref_params, config, arms, runs):
   lives in its optimizer state."""
   by_name = {arm.name: arm for arm in arms}
   base_key = jax.random.key(config.seed)
-  return rl.stack([rl.init_state(ref_params, config, jax.random.fold_in(base_key, seed),
-                                 by_name[name].learning_rate) for name, seed in runs])
+  return runs_lib.stack([rl.init_state(ref_params, config, jax.random.fold_in(base_key, seed),
+                                       by_name[name].learning_rate) for name, seed in runs])
 
 
 def finetune(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool = False,
@@ -255,11 +256,10 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool
   # Every run starts from the same parameters: evaluate them once, not once per run.
   first = evaluator(jax.tree_util.tree_map(lambda x: x[:1], initial_params), "before RL", log)
   before = {k: v * len(runs) for k, v in first.items()}
-  iterate = (rl.make_runs_iteration(gpt, config, task) if mesh is None
-             else sharding.shard_runs_iteration(gpt, config, task, state, mesh))
+  iterate = runs_lib.make_runs_iteration(gpt, config, task, state, mesh)
   history = []
   for it in range(start, config.num_iterations):
-    batches = rl.stack([rl.collect_batch(config, task, seed, it) for _, seed in runs])
+    batches = runs_lib.stack([rl.collect_batch(config, task, seed, it) for _, seed in runs])
     state, metrics = iterate(state, run_arms, batches, ref_params)
     record = dict(iteration=it + 1, runs=_per_run(metrics, runs))
     _check_finite(record)

@@ -4,34 +4,41 @@ The pieces are separate pure functions so that a user can recombine them in thei
 
 - `kl_estimate`: the per-token estimators k1, k2, k3 of KL(π_θ‖π_ref) from sampled tokens;
 - `exact_kl`: the KL over the whole vocabulary (also selectable as the penalty, "exact");
-- `certainty`: the reference model's certainty Ĵ (paper Eq. 2 and the authors' variants);
-- `ensemble_logits`, `ensemble_certainty`, `ensemble_mutual_information`: the same for the
-  mixture of K reference models (the posterior predictive of the paper's footnote 2);
-- token weights: `prioritized_weights` (w = (1 − b)·Ĵ^β + b, the paper's), `entropy_weights`,
-  `top_entropy_mask`, `critical_mask_weights` (with `correct_prefix`);
+- `token_logp_and_entropy`, `masked_mean`: per-token log-probabilities and entropies, and means
+  over the valid tokens;
 - `a2c_loss`, `ppo_loss`: mean(u·actor) + c_v·value − c_e·entropy + α·mean(w·k), with token
   weights u on the policy-gradient term and w on the KL term;
 - `kl_reward_penalty`, `kl_advantage_penalty`: the same penalty placed in the rewards (PPO-RLHF
   style) or, centred, in the advantages instead.
 
+The token weights w and u come from `token_weights` (the paper's prioritized w = (1 − b)·Ĵ^β + b
+and others), the certainty Ĵ from `certainty`; both are re-exported here, as part of this
+module's public API.
+
 Per-token arrays follow the `Trajectory` convention: entry [b, t] is about token `tokens[b, t]`.
 """
-import numbers
-from typing import Any, Callable
+from typing import Callable
 
 import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from critical_kl import softmax
 from critical_kl.trajectory import Trajectory
+
+# The public API's aliases (`losses.certainty`, `losses.prioritized_weights`, ...): the certainty
+# Ĵ and the token weights live in their own modules, from which the library imports them.
+from critical_kl.certainty import (  # pylint: disable=unused-import
+    CERTAINTY_METHODS, certainty, ensemble_certainty, ensemble_logits,
+    ensemble_mutual_information)
+from critical_kl.token_weights import (  # pylint: disable=unused-import
+    correct_prefix, critical_mask_weights, entropy_weights, prioritized_weights, top_entropy_mask)
 
 ESTIMATORS = ("k1", "k2", "k3")
 # What the losses accept as the penalty: a sampled estimator or the KL over the whole vocabulary.
 KL_PENALTIES = ESTIMATORS + ("exact",)
 KL_PLACEMENTS = ("loss", "reward", "advantage")
-CERTAINTY_METHODS = ("negentropy", "negentropy_max_prob", "max_prob")
 
 Metrics = dict[str, jnp.ndarray]
 
@@ -66,48 +73,21 @@ class LossConfig:
   use_kl: bool = flax.struct.field(pytree_node=False, default=True)
 
 
-def _check_choice(kind: str, value: str, choices: tuple[str, ...]) -> None:
-  if value not in choices:
-    raise ValueError(f"Unknown {kind} {value!r}; valid names: {', '.join(choices)}.")
-
-
-def _check_concrete(value: Any, ok: Callable[[np.ndarray], Any], message: str) -> None:
-  """Raises ValueError(message) if `value` is a concrete number for which `ok` fails.
-
-  Traced values (under jit, or vmapped over a hyper-parameter sweep) cannot be inspected and
-  pass unchecked.
-  """
-  concrete = isinstance(value, (numbers.Real, np.ndarray, np.generic))
-  if concrete and not np.all(ok(np.asarray(value))):
-    raise ValueError(f"{message}, got {value!r}.")
-
-
 def validate_loss_config(cfg: LossConfig) -> None:
   """Raises ValueError if a field of `cfg` is out of range (traced fields are not checked)."""
-  _check_choice("estimator", cfg.estimator, KL_PENALTIES)
-  _check_choice("KL placement", cfg.kl_placement, KL_PLACEMENTS)
+  softmax.check_choice("estimator", cfg.estimator, KL_PENALTIES)
+  softmax.check_choice("KL placement", cfg.kl_placement, KL_PLACEMENTS)
   if cfg.estimator == "exact" and cfg.kl_placement != "loss":
     raise ValueError(f"estimator 'exact' needs the logits, which only the losses have; got "
                      f"kl_placement {cfg.kl_placement!r}, use 'loss'.")
-  _check_concrete(cfg.temperature, lambda t: t > 0, "temperature must be > 0")
+  softmax.check_concrete(cfg.temperature, lambda t: t > 0, "temperature must be > 0")
   for name in ("kl_coef", "value_coef", "entropy_coef", "clip_eps"):
-    _check_concrete(getattr(cfg, name), lambda v: v >= 0, f"{name} must be >= 0")
-
-
-def _log_softmax(logits: jnp.ndarray, temperature: float) -> jnp.ndarray:
-  """log softmax(logits / temperature) over the last axis; same shape as `logits`."""
-  _check_concrete(temperature, lambda t: t > 0, "temperature must be > 0")
-  return jax.nn.log_softmax(jnp.asarray(logits) / temperature, axis=-1)
-
-
-def _entropy(log_probs: jnp.ndarray) -> jnp.ndarray:
-  """Shannon entropy over the last axis of normalised log-probabilities [..., V] → [...]."""
-  return -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
+    softmax.check_concrete(getattr(cfg, name), lambda v: v >= 0, f"{name} must be >= 0")
 
 
 def _estimate(rho: jnp.ndarray, estimator: str) -> jnp.ndarray:
   """The KL estimator `estimator` of the log-ratio ρ, elementwise."""
-  _check_choice("estimator", estimator, ESTIMATORS)
+  softmax.check_choice("estimator", estimator, ESTIMATORS)
   if estimator == "k1":
     return rho
   if estimator == "k2":
@@ -148,235 +128,9 @@ def exact_kl(logits: chex.Array, ref_logits: chex.Array, temperature: float) -> 
     [...], Σ_v π_θ(v)·(log π_θ(v) − log π_ref(v)).
   """
   chex.assert_equal_shape([logits, ref_logits])
-  log_probs = _log_softmax(logits, temperature)
-  ref_log_probs = _log_softmax(ref_logits, temperature)
+  log_probs = softmax.log_softmax(logits, temperature)
+  ref_log_probs = softmax.log_softmax(ref_logits, temperature)
   return jnp.sum(jnp.exp(log_probs) * (log_probs - ref_log_probs), axis=-1)
-
-
-def certainty(ref_logits: chex.Array,
-              method: str = "negentropy_max_prob",
-              temperature: float = 4.0) -> jnp.ndarray:
-  """Certainty Ĵ ∈ [0, 1] of the reference model, p = softmax(ref_logits / temperature).
-
-  Methods (names from the authors' code), with |V| = ref_logits.shape[-1]:
-    "negentropy" (paper Eq. 2): 1 − H(p) / log|V|;
-    "negentropy_max_prob" (authors' default): 1 + log(max p) / log|V|;
-    "max_prob": max p.
-  Ĵ is 1 for a one-hot p; the first two are 0 for a uniform p, "max_prob" is 1/|V|.
-
-  Args:
-    ref_logits: [..., V] with V ≥ 2.
-    method: one of `CERTAINTY_METHODS`.
-    temperature: τ_c > 0.
-
-  Returns:
-    [...], Ĵ, never differentiated.
-  """
-  _check_choice("certainty method", method, CERTAINTY_METHODS)
-  ref_logits = jnp.asarray(ref_logits)
-  if ref_logits.shape[-1] < 2:
-    raise ValueError(f"certainty needs a vocabulary of at least 2, got {ref_logits.shape}.")
-  log_probs = _log_softmax(ref_logits, temperature)
-  log_vocab = np.log(ref_logits.shape[-1])
-  if method == "negentropy":
-    result = 1.0 - _entropy(log_probs) / log_vocab
-  elif method == "negentropy_max_prob":
-    result = 1.0 + jnp.max(log_probs, axis=-1) / log_vocab
-  else:
-    result = jnp.exp(jnp.max(log_probs, axis=-1))
-  # Rounding can put a near-uniform Ĵ slightly below 0, and Ĵ^β of a negative base is NaN.
-  return jax.lax.stop_gradient(jnp.clip(result, 0.0, 1.0))
-
-
-def _member_log_probs(member_logits: chex.Array, temperature: float) -> jnp.ndarray:
-  """log softmax(member_logits / τ) of K models, [K, ..., V] → [K, ..., V]."""
-  member_logits = jnp.asarray(member_logits)
-  if member_logits.ndim < 2:
-    raise ValueError(f"member_logits must be [K, ..., V], got shape {member_logits.shape}.")
-  return _log_softmax(member_logits, temperature)
-
-
-def _mixture(member_log_probs: jnp.ndarray) -> jnp.ndarray:
-  """log of the mean over axis 0 of the members' probabilities, [K, ..., V] → [..., V]."""
-  return jax.nn.logsumexp(member_log_probs, axis=0) - np.log(member_log_probs.shape[0])
-
-
-def ensemble_logits(member_logits: chex.Array, temperature: float) -> jnp.ndarray:
-  """Logits L of the mixture of K models: softmax(L / τ) = mean_k softmax(member_logits[k] / τ).
-
-  The mixture is the posterior predictive of an ensemble of reference models (the paper's
-  footnote 2). L = τ·log p̄, so L stands for one reference's logits wherever these are used at the
-  same τ: `token_logp_and_entropy`, `exact_kl`, the losses' `ref_logits`. The mixture at another
-  temperature is not a rescaling of L (the mean does not commute with the temperature); compute
-  it again at that temperature.
-
-  Args:
-    member_logits: [K, ..., V], the logits of the K members.
-    temperature: τ > 0.
-
-  Returns:
-    [..., V], L.
-  """
-  return temperature * _mixture(_member_log_probs(member_logits, temperature))
-
-
-def ensemble_mutual_information(member_logits: chex.Array,
-                                temperature: float = 4.0) -> jnp.ndarray:
-  """Disagreement of K models, I = H(p̄) − mean_k H(p_k), divided by log|V|; in [0, 1].
-
-  With p_k = softmax(member_logits[k] / τ) and p̄ their mean. I is the epistemic part of the
-  mixture's entropy (the mutual information between the prediction and the member); it is 0 when
-  the members agree and at most min(log K, log|V|) / log|V|.
-
-  Args:
-    member_logits: [K, ..., V] with V ≥ 2.
-    temperature: τ > 0.
-
-  Returns:
-    [...], I / log|V|, never differentiated.
-  """
-  member_log_probs = _member_log_probs(member_logits, temperature)
-  information = (_entropy(_mixture(member_log_probs))
-                 - jnp.mean(_entropy(member_log_probs), axis=0))
-  # Rounding leaves identical members a tiny negative difference.
-  normalized = jnp.clip(information / np.log(member_log_probs.shape[-1]), 0.0, 1.0)
-  return jax.lax.stop_gradient(normalized)
-
-
-def ensemble_certainty(member_logits: chex.Array,
-                       method: str = "negentropy_max_prob",
-                       temperature: float = 4.0,
-                       epistemic: bool = False) -> jnp.ndarray:
-  """Certainty Ĵ ∈ [0, 1] of the mixture of K reference models, as `certainty` of one model.
-
-  Ĵ is computed on p̄ = mean_k softmax(member_logits[k] / τ_c), so the members' disagreement
-  already lowers it: for "negentropy", H(p̄) = mean_k H(p_k) + I. With `epistemic`, the
-  disagreement I / log|V| (`ensemble_mutual_information`) is subtracted once more, clipped at
-  0: a stricter certainty that frees the tokens on which the members disagree even where their
-  mixture looks confident (the overconfidence named in the paper's limitations).
-
-  Args:
-    member_logits: [K, ..., V] with V ≥ 2; K = 1 gives `certainty(member_logits[0], ...)`.
-    method: one of `CERTAINTY_METHODS`.
-    temperature: τ_c > 0.
-    epistemic: subtract the normalised mutual information between the members.
-
-  Returns:
-    [...], Ĵ, never differentiated.
-  """
-  result = certainty(ensemble_logits(member_logits, temperature), method, temperature)
-  if epistemic:
-    result = jnp.clip(result - ensemble_mutual_information(member_logits, temperature), 0.0, 1.0)
-  return result
-
-
-def prioritized_weights(certainty: chex.Array,  # pylint: disable=redefined-outer-name
-                        beta: chex.Numeric,
-                        intercept: chex.Numeric = 0.0) -> jnp.ndarray:
-  """KL weights of the prioritized penalty, w = (1 − b)·Ĵ^β + b.
-
-  Uncertain reference predictions (small Ĵ, e.g. critical tokens) get small weights, so the
-  policy may explore there; β = 0 gives ones (jnp.power(0, 0) = 1), i.e. the standard KL penalty.
-  `beta` and `intercept` may be traced, e.g. vmapped over a β ablation; they are only checked
-  when concrete.
-
-  Args:
-    certainty: [...], Ĵ ∈ [0, 1].
-    beta: β ≥ 0, scalar or broadcastable to `certainty`.
-    intercept: b ≤ 0, the weight floor at Ĵ = 0.
-
-  Returns:
-    [...], the weights.
-  """
-  _check_concrete(beta, lambda b: b >= 0, "beta must be >= 0")
-  _check_concrete(intercept, lambda b: b <= 0, "intercept must be <= 0")
-  return (1.0 - intercept) * jnp.power(jnp.asarray(certainty), beta) + intercept
-
-
-def entropy_weights(entropy: chex.Array, exponent: chex.Numeric) -> jnp.ndarray:
-  """Token weights w = (1 + H)^−c from the reference's Shannon entropy H (in nats).
-
-  Like Ĵ^β, small where the reference is uncertain, without the normalisation by log|V|; a
-  variant the authors' code carries commented out. c = 0 gives ones. `exponent` may be traced.
-
-  Args:
-    entropy: [...], H ≥ 0, e.g. `token_logp_and_entropy(ref_logits, tokens, τ)[1]`.
-    exponent: c ≥ 0, scalar or broadcastable to `entropy`.
-
-  Returns:
-    [...], the weights in (0, 1], not differentiated.
-  """
-  _check_concrete(exponent, lambda c: c >= 0, "exponent must be >= 0")
-  return jax.lax.stop_gradient(jnp.power(1.0 + jnp.asarray(entropy), -exponent))
-
-
-def top_entropy_mask(entropy: chex.Array, mask: chex.Array,
-                     top_share: chex.Numeric) -> jnp.ndarray:
-  """1 on the valid tokens of highest entropy (a share ρ of them), 0 elsewhere.
-
-  The "high-entropy minority tokens" rule for the policy-gradient weights: the threshold is the
-  (1 − ρ)-quantile of the entropies of the valid tokens of the whole batch (linear interpolation,
-  as `numpy.quantile`), and a valid token is kept if its entropy reaches it; ρ = 1 keeps every
-  valid token. `top_share` may be traced, so a ρ sweep can be vmapped.
-
-  Args:
-    entropy: [...], the policy's entropy, e.g. `Trajectory.entropy` (π_old when sampling).
-    mask: [...], same shape, 1 on valid tokens.
-    top_share: ρ ∈ (0, 1].
-
-  Returns:
-    [...], float 0/1, not differentiated.
-  """
-  _check_concrete(top_share, lambda r: (r > 0) & (r <= 1), "top_share must be in (0, 1]")
-  entropy, valid = jnp.asarray(entropy), jnp.asarray(mask) > 0
-  chex.assert_equal_shape([entropy, valid])
-  threshold = jnp.nanquantile(jnp.where(valid, entropy, jnp.nan), 1.0 - top_share)
-  keep = valid & (entropy >= threshold)
-  return jax.lax.stop_gradient(keep.astype(entropy.dtype))
-
-
-def correct_prefix(tokens: chex.Array, target_tokens: chex.Array,
-                   mask: chex.Array) -> jnp.ndarray:
-  """Whether every generated token before position t equals the correct completion's.
-
-  Args:
-    tokens: int [B, T], the episodes (`Trajectory.tokens`).
-    target_tokens: int [B, T], the correct completions on the same buffer (prompt positions are
-      not compared).
-    mask: [B, T], 1 on generated tokens.
-
-  Returns:
-    bool [B, T], True at the generated tokens whose prefix is correct (the token itself may be
-    wrong), False where `mask` is 0.
-  """
-  chex.assert_equal_shape([tokens, target_tokens, mask])
-  generated = jnp.asarray(mask) > 0
-  wrong = (jnp.asarray(tokens) != jnp.asarray(target_tokens)) & generated
-  wrong_before = jnp.cumsum(wrong, axis=1) - wrong
-  return generated & (wrong_before == 0)
-
-
-def critical_mask_weights(critical: chex.Array,
-                          prefix_correct: chex.Array | None = None) -> jnp.ndarray:
-  """Fixed token weights, 0 on critical positions and 1 elsewhere: the oracle of the mechanism.
-
-  Used as KL weights, it frees exactly the critical tokens (SPEC §6) instead of the reference's
-  uncertain ones. The critical positions are those of the correct completion, so a deviating
-  episode may hold another token there; `prefix_correct` frees a position only while the
-  episode's prefix is still the correct one.
-
-  Args:
-    critical: bool [...], the critical positions (e.g. `Trajectory.critical`).
-    prefix_correct: optional bool [...], same shape, e.g. from `correct_prefix`.
-
-  Returns:
-    float32 [...].
-  """
-  freed = jnp.asarray(critical, bool)
-  if prefix_correct is not None:
-    chex.assert_equal_shape([freed, prefix_correct])
-    freed = freed & jnp.asarray(prefix_correct, bool)
-  return 1.0 - freed.astype(jnp.float32)
 
 
 def token_logp_and_entropy(logits: chex.Array, tokens: chex.Array,
@@ -394,9 +148,9 @@ def token_logp_and_entropy(logits: chex.Array, tokens: chex.Array,
   """
   chex.assert_rank([logits, tokens], [3, 2])
   chex.assert_equal_shape_prefix([logits, tokens], 2)
-  log_probs = _log_softmax(logits, temperature)
+  log_probs = softmax.log_softmax(logits, temperature)
   logp = jnp.take_along_axis(log_probs, jnp.asarray(tokens)[..., None], axis=-1)[..., 0]
-  return logp, _entropy(log_probs)
+  return logp, softmax.entropy(log_probs)
 
 
 def masked_mean(x: chex.Array, mask: chex.Array) -> jnp.ndarray:

@@ -140,16 +140,44 @@ def completion_loss(params, gpt: model_lib.GPTConfig, tokens, positions, loss_ma
   return jnp.sum(ce * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
-def make_train_step(gpt: model_lib.GPTConfig, optimizer: optax.GradientTransformation):
-  """A jitted step: state dict (params, opt_state, step, key) and a batch → (state, loss)."""
-  @jax.jit
+def make_train_step(gpt: model_lib.GPTConfig, optimizer: optax.GradientTransformation,
+                    state: dict[str, Any] | None = None, mesh: jax.sharding.Mesh | None = None):
+  """The jitted step: step(state, tokens, positions, loss_mask) → (state, loss).
+
+  Args:
+    gpt: the model config.
+    optimizer: from `make_optimizer`.
+    state: the training state (or its `jax.eval_shape`), for the shardings; needed with a mesh
+      only. Pass the state itself through `sharding.place_state` before the first step.
+    mesh: from `sharding.make_mesh`, or None for one device.
+
+  Returns:
+    A function of (state dict (params, opt_state, step, key), tokens [B, L], positions [B, L],
+    loss_mask [B, L]) → (state, scalar loss). On a mesh the batch is split along "data" (B must
+    be divisible by the data axis; ValueError otherwise) and the state FSDP-sharded.
+  """
   def train_step(state, tokens, positions, loss_mask):
     loss, grads = jax.value_and_grad(completion_loss)(state["params"], gpt, tokens, positions,
                                                       loss_mask)
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     return dict(state, params=params, opt_state=opt_state, step=state["step"] + 1), loss
-  return train_step
+
+  if mesh is None:
+    return jax.jit(train_step)
+  if state is None:
+    raise ValueError("a train step on a mesh needs the state (or its jax.eval_shape) for the "
+                     "shardings")
+  state_shardings = sharding.param_sharding(state, mesh)
+  batch = sharding.batch_sharding(mesh)
+  step = jax.jit(train_step, in_shardings=(state_shardings, batch, batch, batch),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)))
+
+  def sharded_step(state, tokens, positions, loss_mask):
+    # Checked here, where the message can name the batch, rather than by jit's sharding error.
+    sharding.check_batch(tokens.shape[0], mesh)
+    return step(state, tokens, positions, loss_mask)
+  return sharded_step
 
 
 def init_state(config: ml_collections.ConfigDict, optimizer) -> dict[str, Any]:
@@ -219,10 +247,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = Fal
     state = restored
     log(f"resumed from step {int(state['step'])} in {mngr.directory}")
   log(f"model: {model_lib.num_params(state['params']):,} parameters, {gpt}")
+  train_step = make_train_step(gpt, optimizer, state, mesh)
   if mesh is None:
-    train_step, batch = make_train_step(gpt, optimizer), functools.partial(make_batch, config)
+    batch = functools.partial(make_batch, config)
   else:
-    train_step = sharding.shard_pretrain_step(gpt, optimizer, state, mesh)
     rows = sharding.process_rows(config.batch_size, mesh)
     batch = lambda step: sharding.global_batch(mesh, make_batch(config, step, rows),
                                                config.batch_size)

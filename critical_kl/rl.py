@@ -1,10 +1,11 @@
 """RL fine-tuning with a (prioritized) KL penalty: collect → reference pass → advantages → update.
 
-One iteration (SPEC §4–§5) is a pure function of (state, arm, problems), jitted, and vmapped over
-*runs*: a run is one seed of one arm, and every arm (`arms`: the KL token-weight rule, a factor on
-α, a learning rate held in the optimizer state) shares the compiled function. Problems are drawn on
-the host by numpy, keyed by (seed, run seed, iteration), so a resumed run sees the same problems
-as an uninterrupted one, and the arms of a comparison see the same problems for the same seed.
+One iteration (SPEC §4–§5) is a pure function of (state, arm, problems) (`make_iteration`), jitted
+for one run (`jit_iteration`) or vmapped over *runs* (`runs.make_runs_iteration`): a run is one
+seed of one arm, and every arm (`arms`: the KL token-weight rule, a factor on α, a learning rate
+held in the optimizer state) shares the compiled function. Problems are drawn on the host by
+numpy, keyed by (seed, run seed, iteration), so a resumed run sees the same problems as an
+uninterrupted one, and the arms of a comparison see the same problems for the same seed.
 """
 import functools
 from typing import Any, NamedTuple
@@ -18,10 +19,13 @@ import optax
 from critical_kl import advantages as advantages_lib
 from critical_kl import arithmetic
 from critical_kl import arms as arms_lib
+from critical_kl import certainty as certainty_lib
 from critical_kl import losses
 from critical_kl import model as model_lib
 from critical_kl import sampling
 from critical_kl import selectivity
+from critical_kl import sharding
+from critical_kl import token_weights
 from critical_kl import tokenizer
 from critical_kl import trajectory as trajectory_lib
 
@@ -53,9 +57,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   losses.validate_loss_config(loss_config(config))
   if config.loss not in LOSSES:
     raise ValueError(f"unknown loss {config.loss!r}; valid: {', '.join(LOSSES)}")
-  if config.certainty_method not in losses.CERTAINTY_METHODS:
+  if config.certainty_method not in certainty_lib.CERTAINTY_METHODS:
     raise ValueError(f"unknown certainty method {config.certainty_method!r}; valid: "
-                     f"{', '.join(losses.CERTAINTY_METHODS)}")
+                     f"{', '.join(certainty_lib.CERTAINTY_METHODS)}")
   checks = {"beta": config.beta >= 0, "intercept": config.intercept <= 0,
             "grad_clip": config.grad_clip >= 0,
             "certainty_temperature": config.certainty_temperature > 0,
@@ -123,11 +127,6 @@ def collect_batch(config: ml_collections.ConfigDict, task: Task, run_seed: int,
   return make_batch(operands, task)
 
 
-def stack(items):
-  """Stacks a list of pytrees along a new leading (run) axis."""
-  return jax.tree_util.tree_map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]), *items)
-
-
 def make_optimizer(config: ml_collections.ConfigDict,
                    learning_rate: float | None = None) -> optax.GradientTransformation:
   """Adam with the learning rate as a leaf of its state (`optax.inject_hyperparams`), so that runs
@@ -159,7 +158,8 @@ def reference_pass(ref_params, gpt: model_lib.GPTConfig, traj: trajectory_lib.Tr
   """
   ref_logits = trajectory_lib.align_to_tokens(model_lib.forward(ref_params, gpt, traj.tokens).logits)
   ref_logp, _ = losses.token_logp_and_entropy(ref_logits, traj.tokens, config.temperature)
-  certainty = losses.certainty(ref_logits, config.certainty_method, config.certainty_temperature)
+  certainty = certainty_lib.certainty(ref_logits, config.certainty_method,
+                                      config.certainty_temperature)
   return traj.replace(ref_logp=ref_logp, certainty=certainty), ref_logits
 
 
@@ -177,9 +177,9 @@ def kl_weights(arm: arms_lib.RunArms, certainty, critical_on_path, ref_entropy,
                intercept) -> jnp.ndarray:
   """The arm's KL token weights [B, T] before its α factor (`arms.RULES`): Ĵ^β, the oracle's
   critical mask, or (1 + H_ref)^−c; the inputs are [B, T]."""
-  choices = {"certainty": lambda: losses.prioritized_weights(certainty, arm.beta, intercept),
-             "oracle": lambda: losses.critical_mask_weights(critical_on_path),
-             "entropy": lambda: losses.entropy_weights(ref_entropy, arm.entropy_exponent)}
+  choices = {"certainty": lambda: token_weights.prioritized_weights(certainty, arm.beta, intercept),
+             "oracle": lambda: token_weights.critical_mask_weights(critical_on_path),
+             "entropy": lambda: token_weights.entropy_weights(ref_entropy, arm.entropy_exponent)}
   return jnp.select([arm.rule == i for i in range(len(arms_lib.RULES))],
                     [choices[rule]() for rule in arms_lib.RULES])
 
@@ -192,7 +192,7 @@ def make_iteration(gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict, 
   critical and correct [B, T]). Metrics are scalars.
   The reference parameters are an argument, not a closure constant, so that they are not baked
   into the compiled program. `axis_name`: the name of the vmapped runs axis, if any (see
-  `vmap_runs`).
+  `runs.vmap_runs`). Jitted: `jit_iteration` (one run), `runs.make_runs_iteration` (R runs).
   """
   optimizer = make_optimizer(config)
   loss_cfg = loss_config(config)
@@ -218,13 +218,13 @@ def make_iteration(gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict, 
     # A critical position counts as one only while the episode is still on the correct path:
     # after an early mistake its text there is something else (SPEC §6).
     traj = traj.replace(critical=batch.critical
-                        & losses.correct_prefix(traj.tokens, batch.correct, traj.mask))
+                        & token_weights.correct_prefix(traj.tokens, batch.correct, traj.mask))
     _, ref_entropy = losses.token_logp_and_entropy(ref_logits, traj.tokens,
                                                    config.certainty_temperature)
     unscaled = kl_weights(arm, traj.certainty, traj.critical, ref_entropy, config.intercept)
     weights = arm.kl_scale * unscaled
     # Over the whole collect, before the minibatches: the quantile is the batch's.
-    pg_weights = losses.top_entropy_mask(traj.entropy, traj.mask, arm.pg_top_share)
+    pg_weights = token_weights.top_entropy_mask(traj.entropy, traj.mask, arm.pg_top_share)
     rewards = traj.rewards + losses.kl_reward_penalty(traj, weights, loss_cfg)
     adv, ret = advantages_lib.gae(rewards, traj.values, traj.mask, config.gamma, config.lam)
     if config.normalize_advantages:
@@ -245,37 +245,38 @@ def make_iteration(gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict, 
   return iteration
 
 
-RUNS_AXIS = "runs"
+def jit_iteration(gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict, task: Task,
+                  state: RLState | None = None, mesh: jax.sharding.Mesh | None = None):
+  """`make_iteration` (ONE run) jitted, on one device or on a mesh.
 
+  Args:
+    gpt, config, task: as for `make_iteration`.
+    state: the run's `RLState` (or its `jax.eval_shape`), for the shardings; needed with a mesh
+      only. Pass the state and the reference parameters through `sharding.place_state` first.
+    mesh: from `sharding.make_mesh`, or None for one device.
 
-def vmap_runs(make, in_axes):
-  """jax.vmap over runs of `make(axis_name)`, naming the axis so that rollouts inside stop when
-  every run has finished (`sampling.rollout`'s `axis_name`) instead of selecting per step."""
-  return jax.vmap(make(RUNS_AXIS), in_axes=in_axes, axis_name=RUNS_AXIS)
+  Returns:
+    iteration(state, arm, batch, ref_params) → (state, metrics), as `make_iteration`. On a mesh
+    the episodes are split along "data" (B must be divisible by the data axis; ValueError
+    otherwise) and the parameters and optimizer state FSDP-sharded.
+  """
+  iteration = make_iteration(gpt, config, task)
+  if mesh is None:
+    return jax.jit(iteration)
+  if state is None:
+    raise ValueError("an iteration on a mesh needs the state (or its jax.eval_shape) for the "
+                     "shardings")
+  state_shardings = sharding.param_sharding(state, mesh)
+  step = jax.jit(iteration,
+                 in_shardings=(state_shardings, sharding.replicated(mesh),
+                               sharding.batch_sharding(mesh),
+                               sharding.param_sharding(state.params, mesh)),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)))
 
-
-def make_runs_iteration(gpt, config, task):
-  """The iteration vmapped over runs: state, arm (`RunArms` [R]), batch ([R, B, ...]); the
-  reference parameters are shared by all runs."""
-  make = lambda axis_name: make_iteration(gpt, config, task, axis_name)
-  return jax.jit(vmap_runs(make, in_axes=(0, 0, 0, None)))
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation of many runs at once.
-
-
-def make_runs_accuracy(gpt: model_lib.GPTConfig, max_new_tokens: int, temperature: float,
-                       greedy: bool, vocabulary: tokenizer.Vocabulary = tokenizer.DEFAULT):
-  """accuracy(params [R, ...], problems [B, P], key) → [R] share of problems solved."""
-  def make(axis_name):
-    def accuracy(params, problems, key):
-      traj = sampling.rollout(params, gpt, problems, key, max_new_tokens=max_new_tokens,
-                              temperature=temperature, greedy=greedy, axis_name=axis_name,
-                              vocabulary=vocabulary)
-      return jnp.mean(traj.solved.astype(jnp.float32))
-    return accuracy
-  return jax.jit(vmap_runs(make, in_axes=(0, None, None)))
+  def sharded_iteration(state, arm, batch, ref_params):
+    sharding.check_batch(batch.problems.prompts.shape[0], mesh)
+    return step(state, arm, batch, ref_params)
+  return sharded_iteration
 
 
 class TeacherSet(NamedTuple):
@@ -299,14 +300,3 @@ def teacher_set(operands: np.ndarray, n_max: int,
   mask = (index >= starts[:, None]) & (index < lengths[:, None])
   critical = critical_positions(operands, n_max, starts, tokens.shape[1])
   return TeacherSet(tokens, mask.astype(np.float32), critical.astype(np.float32))
-
-
-def make_runs_critical_probability(gpt: model_lib.GPTConfig):
-  """probability(params [R, ...], TeacherSet) → [R] mean π(correct token | correct prefix) over
-  critical tokens, at temperature 1 (SPEC §6, the paper's Figures 4 and 7)."""
-  def probability(params, tokens, critical):
-    logits = trajectory_lib.align_to_tokens(model_lib.forward(params, gpt, tokens).logits)
-    logp, _ = losses.token_logp_and_entropy(logits, tokens, 1.0)
-    return losses.masked_mean(jnp.exp(logp), critical)
-  vmapped = jax.jit(jax.vmap(probability, in_axes=(0, None, None)))
-  return lambda params, s: vmapped(params, jnp.asarray(s.tokens), jnp.asarray(s.critical))

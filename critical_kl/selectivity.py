@@ -18,7 +18,7 @@ import numpy as np
 
 from critical_kl import arithmetic
 from critical_kl import critical_tokens as critical_tokens_lib
-from critical_kl import losses
+from critical_kl import token_weights
 from critical_kl import tokenizer
 
 # Σ(1 − w) below this counts as no reduction at all (e.g. standard KL): the share is then 0.
@@ -90,7 +90,7 @@ def teacher_forced_grid(params, gpt, operands: np.ndarray, n_max: int, *,
     params, gpt: the reference model.
     operands: int [n, 2], problems with an operand longer than `n_max` (so with critical tokens).
     n_max: N of the model's pre-training.
-    methods: certainty methods (`losses.CERTAINTY_METHODS`).
+    methods: certainty methods (`certainty.CERTAINTY_METHODS`).
     certainty_temperatures: τ_c values.
     betas: β values.
     vocabulary: the model's.
@@ -111,7 +111,7 @@ def teacher_forced_grid(params, gpt, operands: np.ndarray, n_max: int, *,
       critical = np.concatenate(forced.critical)
       area = auroc(1.0 - certainty, critical)
       for beta in betas:
-        weights = np.asarray(losses.prioritized_weights(certainty, beta), np.float64)
+        weights = np.asarray(token_weights.prioritized_weights(certainty, beta), np.float64)
         figures = {k: float(v) for k, v in
                    selectivity(weights, critical, np.ones_like(weights)).items()}
         rows.append(dict(method=method, certainty_temperature=float(tau_c), beta=float(beta),

@@ -5,10 +5,13 @@ The mesh has two axes:
   * "params": each large parameter, and its optimizer state, is split along one of its dimensions
     (FSDP style); XLA gathers what a computation needs. Size 1 means plain data parallelism.
 
-The pre-train step and the RL iteration are the functions of `pretrain` and `rl`, jitted again with
-explicit `in_shardings` / `out_shardings` (pjit semantics): the compiler propagates the shardings
-through the model, the rollout and the update, so nothing in the model knows about the mesh.
-Results equal those on one device up to the order of floating-point reductions.
+This module holds the primitives only: the mesh, the shardings of parameters, batches and stacked
+runs, placement, and each process's rows. The trainers jit their own steps with explicit
+`in_shardings` / `out_shardings` built from them (pjit semantics: `pretrain.make_train_step`,
+`rl.jit_iteration`, `runs.make_runs_iteration`, each with `mesh=None` for one device); the
+compiler propagates the shardings through the model, the rollout and the update, so nothing in
+the model knows about the mesh. Results equal those on one device up to the order of
+floating-point reductions.
 
 Config: every pre-train and RL config has
 
@@ -20,11 +23,15 @@ data = params = 1 (the default), or no `sharding` field, means no mesh: one devi
 jitted functions. Anything else builds a mesh over every device of every process, e.g.
 `--config.sharding.data=0` (all devices) or `--config.sharding.data=4 --config.sharding.params=2`.
 
-Typical use:
+Typical use (with mesh None, skip the placement: the builders return plain `jax.jit`s):
 
   mesh = sharding.mesh_from_config(config)
-  state = sharding.place_state(state, mesh)
-  train_step = sharding.shard_pretrain_step(gpt, optimizer, state, mesh)
+  state = sharding.place_state(state, mesh)                          # pre-training
+  train_step = pretrain.make_train_step(gpt, optimizer, state, mesh)
+
+  state = sharding.place_runs(state, mesh, config.episodes_per_collect)  # stacked RL runs
+  ref_params = sharding.place_state(ref_params, mesh)
+  iteration = runs.make_runs_iteration(gpt, config, task, state, mesh)
 
 With several processes (see `distributed`) the mesh spans the devices of all of them; each process
 builds only the rows of the batch its own devices hold (`process_rows`), and `global_batch`
@@ -37,10 +44,6 @@ import jax
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
-from critical_kl import model as model_lib
-from critical_kl import pretrain
-from critical_kl import rl
 
 DATA = "data"
 PARAMS = "params"
@@ -152,58 +155,20 @@ def global_batch(mesh: Mesh, local_arrays, batch_size: int) -> tuple[jax.Array, 
                for x in local_arrays)
 
 
-def shard_pretrain_step(gpt: model_lib.GPTConfig, optimizer, state: dict[str, Any], mesh: Mesh):
-  """`pretrain.make_train_step` on the mesh: step(state, tokens, positions, loss_mask).
+def place_host_copies(tree: Any, sharding: NamedSharding) -> Any:
+  """Global arrays of `tree` with `sharding`, from host values every process holds whole.
 
-  Args:
-    gpt: the model config.
-    optimizer: from `pretrain.make_optimizer`.
-    state: the training state (or its `jax.eval_shape`), for the shardings; pass the state itself
-      through `place_state` before the first step.
-    mesh: from `make_mesh`.
-
-  Returns:
-    A function of (state, tokens [B, L], positions [B, L], loss_mask [B, L]) → (state, loss) with
-    the batch split along "data" and the state FSDP-sharded; B must be divisible by the data axis.
+  Each process contributes the shards of its own devices. Arrays already on `sharding`, or
+  spread over several processes, are returned as they are.
   """
-  state_shardings = param_sharding(state, mesh)
-  batch = batch_sharding(mesh)
-  # The jitted step is traced into this jit: only the shardings at its boundary are new.
-  step = jax.jit(pretrain.make_train_step(gpt, optimizer),
-                 in_shardings=(state_shardings, batch, batch, batch),
-                 out_shardings=(state_shardings, replicated(mesh)))
-
-  def train_step(state, tokens, positions, loss_mask):
-    check_batch(tokens.shape[0], mesh)
-    return step(state, tokens, positions, loss_mask)
-  return train_step
+  def place(x):
+    if isinstance(x, jax.Array) and (x.sharding == sharding or not x.is_fully_addressable):
+      return x
+    return jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x))
+  return jax.tree_util.tree_map(place, tree)
 
 
-def shard_rl_iteration(gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict, task: rl.Task,
-                       state: rl.RLState, mesh: Mesh):
-  """`rl.make_iteration` (one run) on the mesh.
-
-  Args:
-    gpt, config, task: as for `rl.make_iteration`.
-    state: the run's `RLState` (or its `jax.eval_shape`), for the shardings; pass the state and
-      the reference parameters through `place_state` before the first iteration.
-    mesh: from `make_mesh`.
-
-  Returns:
-    iteration(state, arm, batch, ref_params) → (state, metrics), as `rl.make_iteration`, with
-    the episodes split along "data" and the parameters and optimizer state FSDP-sharded; B must
-    be divisible by the data axis.
-  """
-  state_shardings = param_sharding(state, mesh)
-  step = jax.jit(rl.make_iteration(gpt, config, task),
-                 in_shardings=(state_shardings, replicated(mesh), batch_sharding(mesh),
-                               param_sharding(state.params, mesh)),
-                 out_shardings=(state_shardings, replicated(mesh)))
-
-  def iteration(state, arm, batch, ref_params):
-    check_batch(batch.problems.prompts.shape[0], mesh)
-    return step(state, arm, batch, ref_params)
-  return iteration
+# Stacked runs: pytrees whose leaves are [R, ...], one slice per run (`runs.stack`).
 
 
 def _runs_spec(shape: tuple[int, ...], split_runs: bool, params_size: int) -> P:
@@ -229,68 +194,32 @@ def runs_split(num_runs: int, episodes: int, mesh: Mesh) -> int:
                    f"divisible by the {data} devices of the data axis")
 
 
-def runs_shardings(mesh: Mesh, state: rl.RLState, num_runs: int, episodes: int):
-  """Shardings of the vmapped runs iteration's arguments.
+def runs_shardings(mesh: Mesh, state: Any, episodes: int):
+  """Shardings of the stacked runs and of their per-run and per-episode arguments.
+
+  Args:
+    mesh: from `make_mesh`.
+    state: the runs' stacked state [R, ...] (or its `jax.eval_shape`).
+    episodes: B, the episodes of each run per iteration.
 
   Returns:
-    (state, per-run arrays [R] (the `arms.RunArms`), per-episode arrays [R, B, ...]) shardings. Split over runs, each device
-    advances whole runs; split over episodes, every device holds every run and its share of each
-    run's episodes. Parameters and optimizer state are FSDP-split along "params" either way.
-  """
-  axis = runs_split(num_runs, episodes, mesh)
-  params_size = mesh.shape[PARAMS]
+    (state, per-run arrays [R, ...], per-episode arrays [R, B, ...]) shardings. Split over runs,
+    each device advances whole runs; split over episodes, every device holds every run and its
+    share of each run's episodes. Parameters and optimizer state are FSDP-split along "params"
+    either way.
 
+  Raises:
+    ValueError: when neither R nor B divides evenly over the data axis (`runs_split`).
+  """
+  axis = runs_split(jax.tree_util.tree_leaves(state)[0].shape[0], episodes, mesh)
+  params_size = mesh.shape[PARAMS]
   state_shardings = jax.tree_util.tree_map(
       lambda x: NamedSharding(mesh, _runs_spec(tuple(x.shape), axis == 0, params_size)), state)
   per_run = NamedSharding(mesh, P(DATA) if axis == 0 else P())
-  episodes_sharding = NamedSharding(mesh, P(DATA) if axis == 0 else P(None, DATA))
-  return state_shardings, per_run, episodes_sharding
+  per_episode = NamedSharding(mesh, P(DATA) if axis == 0 else P(None, DATA))
+  return state_shardings, per_run, per_episode
 
 
-def place_runs(state: rl.RLState, mesh: Mesh, episodes: int) -> rl.RLState:
-  """Puts the stacked runs' state on the mesh with the shardings of `shard_runs_iteration`."""
-  num_runs = jax.tree_util.tree_leaves(state)[0].shape[0]
-  return _put(state, runs_shardings(mesh, state, num_runs, episodes)[0])
-
-
-def shard_runs_iteration(gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict,
-                         task: rl.Task, state: rl.RLState, mesh: Mesh):
-  """`rl.make_runs_iteration` (all runs vmapped) on the mesh.
-
-  Args:
-    gpt, config, task: as for `rl.make_runs_iteration`.
-    state: the stacked runs' `RLState` (or its `jax.eval_shape`), for the shardings; pass the state
-      through `place_runs` and the reference parameters through `place_state` first.
-    mesh: from `make_mesh`.
-
-  Returns:
-    iteration(state, arm (`arms.RunArms` [R]), batch (`rl.Batch` [R, B, ...]), ref_params) →
-    (state, metrics [R] each, replicated), with "data" over the runs when R divides evenly, else
-    over the episodes (`runs_split`); host numpy arguments are placed here.
-
-  Raises:
-    ValueError: when neither R nor B divides evenly over the data axis.
-  """
-  num_runs = jax.tree_util.tree_leaves(state)[0].shape[0]
-  state_shardings, per_run, per_episode = runs_shardings(mesh, state, num_runs,
-                                                         config.episodes_per_collect)
-  params = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
-                                  state.params)
-  vmapped = rl.vmap_runs(lambda axis_name: rl.make_iteration(gpt, config, task, axis_name),
-                         in_axes=(0, 0, 0, None))
-  step = jax.jit(vmapped,
-                 in_shardings=(state_shardings, per_run, per_episode,
-                               param_sharding(params, mesh)),
-                 out_shardings=(state_shardings, replicated(mesh)))
-
-  def place(x, sharding):
-    # Every process holds the whole host batch; each contributes the shards of its devices.
-    if isinstance(x, jax.Array) and (x.sharding == sharding or not x.is_fully_addressable):
-      return x
-    return jax.make_array_from_process_local_data(sharding, np.asarray(x), np.shape(x))
-
-  def iteration(state, arm, batch, ref_params):
-    arm = jax.tree_util.tree_map(lambda x: place(x, per_run), arm)
-    batch = jax.tree_util.tree_map(lambda x: place(x, per_episode), batch)
-    return step(state, arm, batch, ref_params)
-  return iteration
+def place_runs(state: Any, mesh: Mesh, episodes: int) -> Any:
+  """Puts the stacked runs' state [R, ...] on the mesh with the shardings of `runs_shardings`."""
+  return _put(state, runs_shardings(mesh, state, episodes)[0])

@@ -33,7 +33,7 @@ class Trajectory:
     termination: int32 [B], one of END_OF_RESULT, PAD_EMITTED, MAX_LENGTH.
     solved: bool [B], the result line equals the expected one.
     ref_logp: float32 [B, T], log π_ref(token | prefix) at the sampling temperature.
-    certainty: float32 [B, T], certainty Ĵ of the reference model (see `losses.certainty`).
+    certainty: float32 [B, T], certainty Ĵ of the reference model (see `certainty.certainty`).
     critical: bool [B, T], the token is a critical token (SPEC §6); all False if unknown.
   """
   tokens: jnp.ndarray

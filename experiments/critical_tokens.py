@@ -18,10 +18,10 @@ import jax
 import numpy as np
 
 from critical_kl import arithmetic
+from critical_kl import certainty as certainty_lib
 from critical_kl import checkpoints
 from critical_kl import critical_tokens
 from critical_kl import evaluation
-from critical_kl import losses
 from critical_kl import selectivity
 from critical_kl import tokenizer
 from experiments import _cli
@@ -33,7 +33,7 @@ _NUM_PROBLEMS = flags.DEFINE_integer("num_problems", 100,
 _DIGITS = flags.DEFINE_integer("digits", None, "Length of the long operand (default N+1).")
 _CERTAINTY_METHOD = flags.DEFINE_string(
     "certainty_method", "negentropy_max_prob",
-    f"Certainty Ĵ, one of {', '.join(losses.CERTAINTY_METHODS)}.")
+    f"Certainty Ĵ, one of {', '.join(certainty_lib.CERTAINTY_METHODS)}.")
 _CERTAINTY_TEMPERATURE = flags.DEFINE_float("certainty_temperature", 4.0, "τ_c of Ĵ.")
 _TEMPERATURE = flags.DEFINE_float("temperature", 1.0, "τ of the critical-token probabilities.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the problems.")
@@ -67,15 +67,15 @@ def _validate_flags() -> None:
     raise ValueError("--failures and --sampled must be >= 0")
   if _WEIGHT_TEMPERATURE.value <= 0 or _WEIGHT_BETA.value < 0:
     raise ValueError("--weight_certainty_temperature must be > 0 and --weight_beta >= 0")
-  if _CERTAINTY_METHOD.value not in losses.CERTAINTY_METHODS:
+  if _CERTAINTY_METHOD.value not in certainty_lib.CERTAINTY_METHODS:
     raise ValueError(f"unknown --certainty_method {_CERTAINTY_METHOD.value!r}; valid names: "
-                     f"{', '.join(losses.CERTAINTY_METHODS)}")
+                     f"{', '.join(certainty_lib.CERTAINTY_METHODS)}")
   if _TEMPERATURE.value <= 0 or _CERTAINTY_TEMPERATURE.value <= 0:
     raise ValueError("--temperature and --certainty_temperature must be > 0")
   for method in _GRID_METHODS.value:
-    if method not in losses.CERTAINTY_METHODS:
+    if method not in certainty_lib.CERTAINTY_METHODS:
       raise ValueError(f"unknown --grid_methods entry {method!r}; valid names: "
-                       f"{', '.join(losses.CERTAINTY_METHODS)}")
+                       f"{', '.join(certainty_lib.CERTAINTY_METHODS)}")
   _grid_values()
 
 

@@ -1,8 +1,11 @@
 """Test-wide settings and helpers: a persistent XLA compilation cache, so identical programs compile
-once; the tiny model; the tolerance of parameters compared after Adam updates."""
+once; the tiny model; the tolerance of parameters compared after Adam updates; helpers that several
+test modules share (test modules import this one, never each other)."""
 import os
 
 import jax
+from jax.extend import core as jax_core
+import numpy as np
 import pytest
 
 from critical_kl import checkpoints
@@ -25,6 +28,25 @@ def adam_atol(learning_rate: float, steps: int) -> float:
   relative tolerances where a test has them.
   """
   return 1e-2 * learning_rate * steps
+
+
+def np_log_softmax(logits, temperature):
+  """log softmax(logits / temperature) over the last axis in float64 numpy, as a reference."""
+  z = np.asarray(logits, np.float64) / temperature
+  z = z - z.max(axis=-1, keepdims=True)
+  return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def loop_predicate_shapes(jaxpr) -> list[tuple]:
+  """Shapes of the predicates of every while loop (a batched one makes XLA select the whole
+  carry, KV cache included, at every step)."""
+  shapes = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "while":
+      shapes.append(eqn.params["cond_jaxpr"].jaxpr.outvars[0].aval.shape)
+    for sub in jax_core.jaxprs_in_params(eqn.params):
+      shapes += loop_predicate_shapes(sub)
+  return shapes
 
 
 @pytest.fixture(scope="session")

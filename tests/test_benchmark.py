@@ -19,10 +19,12 @@ from benchmarks import scaling
 from benchmarks import scaling_worker
 from critical_kl import advantages
 from critical_kl import arithmetic
+from critical_kl import certainty as certainty_lib
 from critical_kl import losses
 from critical_kl import model as model_lib
 from critical_kl import pretrain as pretrain_lib
 from critical_kl import sampling
+from critical_kl import token_weights
 from critical_kl import tokenizer
 from critical_kl import trajectory
 
@@ -180,7 +182,8 @@ def test_peer_update_gives_our_loss(peer_torch):
   assert len(set(np.asarray(traj.lengths))) > 1  # PAD ends episodes at different lengths
   ref_logits = trajectory.align_to_tokens(model_lib.forward(ref_params, gpt, traj.tokens).logits)
   ref_logp, _ = losses.token_logp_and_entropy(ref_logits, traj.tokens, config.temperature)
-  certainty = losses.certainty(ref_logits, config.certainty_method, config.certainty_temperature)
+  certainty = certainty_lib.certainty(ref_logits, config.certainty_method,
+                                      config.certainty_temperature)
   traj = traj.replace(ref_logp=ref_logp, certainty=certainty)
   adv, ret = advantages.gae(traj.rewards, traj.values, traj.mask, config.gamma, config.lam)
   out = model_lib.forward(params, gpt, traj.tokens)
@@ -188,7 +191,7 @@ def test_peer_update_gives_our_loss(peer_torch):
                           entropy_coef=config.entropy_coef, temperature=config.temperature)
   ours, _ = losses.a2c_loss(trajectory.align_to_tokens(out.logits),
                             trajectory.align_to_tokens(out.values), ref_logits, traj, adv, ret,
-                            losses.prioritized_weights(certainty, 1.0), cfg)
+                            token_weights.prioritized_weights(certainty, 1.0), cfg)
 
   peer = peer_torch.Peer(params, gpt, config, beta=1.0, max_new_tokens=task.max_new_tokens,
                          ref_params=ref_params)

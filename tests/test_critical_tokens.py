@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from critical_kl import arithmetic
+from critical_kl import certainty as certainty_lib
 from critical_kl import checkpoints
 from critical_kl import critical_tokens
-from critical_kl import losses
 from critical_kl import model as model_lib
 from critical_kl import tokenizer
 
@@ -58,7 +58,7 @@ def test_teacher_forced_matches_a_single_unpadded_pass(params, forced):
   log_probs = np.asarray(jax.nn.log_softmax(predicting / 1.0))
   expected = np.exp(log_probs[np.arange(len(completion)), tokenizer.encode(completion)])
   np.testing.assert_allclose(forced.probs[1], expected, rtol=1e-4)
-  np.testing.assert_allclose(forced.certainty[1], losses.certainty(predicting), rtol=1e-4)
+  np.testing.assert_allclose(forced.certainty[1], certainty_lib.certainty(predicting), rtol=1e-4)
   np.testing.assert_array_equal(forced.argmax[1], predicting.argmax(-1))
 
 

@@ -7,16 +7,13 @@ import numpy as np
 import pytest
 
 from critical_kl import advantages
+from critical_kl import certainty as certainty_lib
 from critical_kl import losses
+from critical_kl import token_weights
 from critical_kl.trajectory import MAX_LENGTH, Trajectory
+from conftest import np_log_softmax  # tests/ is on sys.path under pytest
 
-LOG2, LOG3 = math.log(2.0), math.log(3.0)
-
-
-def np_log_softmax(logits, temperature):
-  z = np.asarray(logits, np.float64) / temperature
-  z = z - z.max(axis=-1, keepdims=True)
-  return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+LOG2 = math.log(2.0)
 
 
 def true_kl(logits, ref_logits, temperature=1.0):
@@ -25,7 +22,7 @@ def true_kl(logits, ref_logits, temperature=1.0):
   return jnp.sum(p * (jnp.log(p) - jnp.log(r)), axis=-1)
 
 
-# ----------------------------------------------------------------- estimators, certainty, weights
+# ------------------------------------------------------ estimators, exact KL, log-probabilities
 
 
 @pytest.mark.parametrize("estimator, rho, expected", [
@@ -47,179 +44,6 @@ def test_kl_estimate_default_is_k2_and_unknown_raises():
   np.testing.assert_allclose(losses.kl_estimate(np.array([1.0]), np.array([0.0])), [0.5])
   with pytest.raises(ValueError, match="k1, k2, k3"):
     losses.kl_estimate(np.array([1.0]), np.array([0.0]), "k4")
-
-
-# p = (½, ¼, ¼) at temperature 4: H(p) = 1.5·log 2, max p = ½.
-THREE_TOKEN_LOGITS = 4.0 * np.log(np.array([0.5, 0.25, 0.25]))
-
-
-@pytest.mark.parametrize("method, expected", [
-    ("negentropy", 1.0 - 1.5 * LOG2 / LOG3),
-    ("negentropy_max_prob", 1.0 + math.log(0.5) / LOG3),
-    ("max_prob", 0.5),
-])
-def test_certainty_hand_computed(method, expected):
-  np.testing.assert_allclose(losses.certainty(THREE_TOKEN_LOGITS, method, temperature=4.0),
-                             expected, rtol=1e-5)
-
-
-@pytest.mark.parametrize("method, uniform", [
-    ("negentropy", 0.0), ("negentropy_max_prob", 0.0), ("max_prob", 1.0 / 7)])
-def test_certainty_extremes(method, uniform):
-  logits = np.stack([np.full(7, 3.0), np.array([200.0, 0, 0, 0, 0, 0, 0])])
-  c = losses.certainty(logits, method, temperature=4.0)
-  np.testing.assert_allclose(c, [uniform, 1.0], atol=1e-6)
-  assert np.all((np.asarray(c) >= 0) & (np.asarray(c) <= 1))
-
-
-def test_certainty_is_not_differentiated_and_checks_arguments():
-  grad = jax.grad(lambda x: jnp.sum(losses.certainty(x, "negentropy")))(THREE_TOKEN_LOGITS)
-  np.testing.assert_array_equal(grad, 0.0)
-  with pytest.raises(ValueError, match="negentropy_max_prob"):
-    losses.certainty(THREE_TOKEN_LOGITS, "entropy")
-  with pytest.raises(ValueError, match="temperature"):
-    losses.certainty(THREE_TOKEN_LOGITS, temperature=0.0)
-
-
-def test_prioritized_weights():
-  c = np.array([0.0, 0.5, 1.0])
-  np.testing.assert_allclose(losses.prioritized_weights(c, 2.0), [0.0, 0.25, 1.0])
-  # (1 − b)·Ĵ^β + b with b = −½.
-  np.testing.assert_allclose(losses.prioritized_weights(c, 2.0, intercept=-0.5),
-                             [-0.5, 1.5 * 0.25 - 0.5, 1.0])
-  # β = 0 is the standard KL penalty, including at Ĵ = 0 (0**0 = 1).
-  np.testing.assert_array_equal(losses.prioritized_weights(c, 0.0), np.ones(3))
-  with pytest.raises(ValueError, match="beta"):
-    losses.prioritized_weights(c, -1.0)
-  with pytest.raises(ValueError, match="intercept"):
-    losses.prioritized_weights(c, 1.0, intercept=0.1)
-  # A traced β cannot be checked, but must work.
-  vmapped = jax.vmap(lambda b: losses.prioritized_weights(c, b))(jnp.array([0.0, 2.0]))
-  np.testing.assert_allclose(vmapped, [[1.0, 1.0, 1.0], [0.0, 0.25, 1.0]])
-
-
-# Two members on three tokens at τ = 4: p₁ = (½, ¼, ¼), p₂ = (¼, ½, ¼), mixture (⅜, ⅜, ¼).
-TWO_MEMBERS = 4.0 * np.log(np.array([[0.5, 0.25, 0.25], [0.25, 0.5, 0.25]]))
-MIXTURE_ENTROPY = -2 * 0.375 * math.log(0.375) - 0.25 * math.log(0.25)
-TWO_MEMBERS_INFORMATION = (MIXTURE_ENTROPY - 1.5 * LOG2) / LOG3  # Each member has H = 1.5·log 2.
-
-
-@pytest.mark.parametrize("method, expected", [
-    ("negentropy", 1.0 - MIXTURE_ENTROPY / LOG3),
-    ("negentropy_max_prob", 1.0 + math.log(0.375) / LOG3),
-    ("max_prob", 0.375),
-])
-def test_ensemble_certainty_hand_computed(method, expected):
-  np.testing.assert_allclose(losses.ensemble_certainty(TWO_MEMBERS, method, temperature=4.0),
-                             expected, rtol=1e-5)
-  np.testing.assert_allclose(
-      losses.ensemble_certainty(TWO_MEMBERS, method, temperature=4.0, epistemic=True),
-      max(expected - TWO_MEMBERS_INFORMATION, 0.0), rtol=1e-5, atol=1e-7)
-
-
-def test_ensemble_mutual_information_hand_computed():
-  np.testing.assert_allclose(losses.ensemble_mutual_information(TWO_MEMBERS, temperature=4.0),
-                             TWO_MEMBERS_INFORMATION, rtol=1e-5)
-  identical = np.stack([TWO_MEMBERS[0]] * 3)
-  np.testing.assert_allclose(losses.ensemble_mutual_information(identical), 0.0, atol=1e-6)
-
-
-@pytest.mark.parametrize("method", losses.CERTAINTY_METHODS)
-@pytest.mark.parametrize("epistemic", [False, True])
-def test_ensemble_of_one_or_of_copies_is_one_model(method, epistemic):
-  logits = np.random.default_rng(2).normal(size=(2, 3, 7)) * 3
-  single = losses.certainty(logits, method, temperature=4.0)
-  for members in (logits[None], np.stack([logits] * 4)):
-    np.testing.assert_allclose(
-        losses.ensemble_certainty(members, method, temperature=4.0, epistemic=epistemic), single,
-        rtol=1e-5, atol=1e-6)
-
-
-@pytest.mark.parametrize("method", losses.CERTAINTY_METHODS)
-def test_ensemble_certainty_range_and_disagreement(method):
-  members = np.random.default_rng(3).normal(size=(5, 4, 6, 11)) * 4
-  plain = np.asarray(losses.ensemble_certainty(members, method))
-  strict = np.asarray(losses.ensemble_certainty(members, method, epistemic=True))
-  information = np.asarray(losses.ensemble_mutual_information(members))
-  for x in (plain, strict, information):
-    assert np.all((x >= 0) & (x <= 1))
-  assert np.all(information > 1e-3)  # Random members disagree...
-  assert np.all(strict < plain)  # ...which the epistemic term penalises once more.
-  grad = jax.grad(lambda m: jnp.sum(losses.ensemble_certainty(m, method, epistemic=True)))(members)
-  np.testing.assert_array_equal(grad, 0.0)
-  with pytest.raises(ValueError, match="K, ..., V"):
-    losses.ensemble_certainty(members[0, 0, 0])
-
-
-def test_ensemble_logits_are_the_mixture_at_their_temperature():
-  members = np.random.default_rng(4).normal(size=(3, 2, 5, 7)) * 2
-  for temperature in (1.0, 2.0):
-    mixture = np.mean(np.exp(np_log_softmax(members, temperature)), axis=0)
-    ref_logits = losses.ensemble_logits(members, temperature)
-    np.testing.assert_allclose(jax.nn.softmax(ref_logits / temperature), mixture, rtol=1e-5)
-    # As reference logits: the KL to the mixture, and the mixture's probability of a token.
-    logits = members[0] + 1.0
-    expected = np.sum(np.exp(np_log_softmax(logits, temperature))
-                      * (np_log_softmax(logits, temperature) - np.log(mixture)), axis=-1)
-    np.testing.assert_allclose(losses.exact_kl(logits, ref_logits, temperature), expected,
-                               rtol=1e-4, atol=1e-6)
-    tokens = np.zeros((2, 5), np.int32)
-    ref_logp, _ = losses.token_logp_and_entropy(ref_logits, tokens, temperature)
-    np.testing.assert_allclose(ref_logp, np.log(mixture[..., 0]), rtol=1e-5)
-    np.testing.assert_allclose(losses.ensemble_certainty(members, "max_prob", temperature),
-                               mixture.max(-1), rtol=1e-5)
-
-
-def test_entropy_weights():
-  entropy = np.array([0.0, 1.0, 3.0])
-  np.testing.assert_allclose(losses.entropy_weights(entropy, 2.0), [1.0, 1 / 4, 1 / 16])
-  np.testing.assert_array_equal(losses.entropy_weights(entropy, 0.0), np.ones(3))
-  swept = jax.jit(jax.vmap(lambda c: losses.entropy_weights(entropy, c)))(jnp.array([0.0, 1.0]))
-  np.testing.assert_allclose(swept, [[1.0, 1.0, 1.0], [1.0, 1 / 2, 1 / 4]])
-  grad = jax.grad(lambda h: jnp.sum(losses.entropy_weights(h, 1.0)))(jnp.asarray(entropy))
-  np.testing.assert_array_equal(grad, 0.0)
-  with pytest.raises(ValueError, match="exponent"):
-    losses.entropy_weights(entropy, -1.0)
-
-
-# Valid entropies 1, 2, 3, 6, 7, 8; the padded ones (5, 9, 4, 0.5) are never kept.
-TOP_ENTROPY = np.array([[5.0, 1.0, 2.0, 3.0, 9.0], [4.0, 0.5, 6.0, 7.0, 8.0]])
-TOP_MASK = np.array([[0, 1, 1, 1, 0], [0, 0, 1, 1, 1]], np.float32)
-
-
-@pytest.mark.parametrize("share, kept", [
-    (1.0, [1, 2, 3, 6, 7, 8]),
-    (0.5, [6, 7, 8]),  # The ½-quantile is 4.5.
-    (1 / 3, [7, 8]),  # The ⅔-quantile is 6 + ⅓.
-    (0.1, [8]),
-])
-def test_top_entropy_mask_hand_computed(share, kept):
-  expected = np.isin(TOP_ENTROPY, kept) & (TOP_MASK > 0)
-  np.testing.assert_array_equal(losses.top_entropy_mask(TOP_ENTROPY, TOP_MASK, share), expected)
-
-
-def test_top_entropy_mask_vmaps_over_the_share_and_checks_it():
-  shares = jnp.array([1.0, 0.5, 1 / 3])
-  swept = jax.jit(jax.vmap(lambda r: losses.top_entropy_mask(TOP_ENTROPY, TOP_MASK, r)))(shares)
-  np.testing.assert_array_equal(swept.sum(axis=(1, 2)), [6, 3, 2])
-  np.testing.assert_array_equal(losses.top_entropy_mask(TOP_ENTROPY, np.zeros((2, 5)), 0.5), 0)
-  for bad in (0.0, 1.5):
-    with pytest.raises(ValueError, match="top_share"):
-      losses.top_entropy_mask(TOP_ENTROPY, TOP_MASK, bad)
-
-
-def test_critical_mask_weights_and_correct_prefix():
-  tokens = np.array([[7, 1, 2, 3, 4, 0], [7, 1, 5, 3, 4, 4]])
-  target = np.array([[9, 1, 2, 3, 4, 6], [9, 1, 2, 3, 4, 6]])
-  mask = np.array([[0, 1, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1]])
-  prefix = losses.correct_prefix(tokens, target, mask)
-  # The second episode goes wrong at position 2: that token still has a correct prefix.
-  np.testing.assert_array_equal(prefix, [[0, 1, 1, 1, 1, 0], [0, 1, 1, 0, 0, 0]])
-  critical = np.array([[0, 0, 1, 0, 1, 0], [0, 0, 1, 0, 1, 0]], bool)
-  np.testing.assert_array_equal(losses.critical_mask_weights(critical),
-                                [[1, 1, 0, 1, 0, 1], [1, 1, 0, 1, 0, 1]])
-  np.testing.assert_array_equal(losses.critical_mask_weights(critical, prefix),
-                                [[1, 1, 0, 1, 0, 1], [1, 1, 0, 1, 1, 1]])
 
 
 def test_exact_kl_matches_numpy():
@@ -246,6 +70,16 @@ def test_token_logp_and_entropy_and_masked_mean():
   x = np.array([[1.0, 2.0, 3.0]])
   np.testing.assert_allclose(losses.masked_mean(x, np.array([[0.0, 1.0, 1.0]])), 2.5)
   np.testing.assert_allclose(losses.masked_mean(x, np.zeros((1, 3))), 0.0)
+
+
+def test_certainty_and_token_weights_stay_importable_from_losses():
+  """The public API's aliases are the functions of their new homes, not copies."""
+  for name in ("CERTAINTY_METHODS", "certainty", "ensemble_certainty", "ensemble_logits",
+               "ensemble_mutual_information"):
+    assert getattr(losses, name) is getattr(certainty_lib, name)
+  for name in ("prioritized_weights", "entropy_weights", "top_entropy_mask",
+               "critical_mask_weights", "correct_prefix"):
+    assert getattr(losses, name) is getattr(token_weights, name)
 
 
 # ------------------------------------------------------------------ gradients of the estimators
@@ -324,14 +158,15 @@ def make_batch(seed=0, temperature=2.0):
       tokens=tokens, mask=jnp.asarray(MASK), logp=old_logp, values=f32(B, T),
       entropy=old_entropy, rewards=f32(B, T) * MASK, prompt_lengths=jnp.array([1, 2]),
       lengths=jnp.array([3, 3]), termination=jnp.full(B, MAX_LENGTH), solved=jnp.zeros(B, bool),
-      ref_logp=ref_logp, certainty=losses.certainty(ref_logits), critical=jnp.asarray(CRITICAL))
+      ref_logp=ref_logp, certainty=certainty_lib.certainty(ref_logits),
+      critical=jnp.asarray(CRITICAL))
   return logits, f32(B, T), ref_logits, traj, f32(B, T), f32(B, T)
 
 
 def test_a2c_loss_matches_hand_assembled_value():
   cfg = losses.LossConfig()
   logits, values, ref_logits, traj, adv, ret = make_batch()
-  weights = losses.prioritized_weights(traj.certainty, 2.0)
+  weights = token_weights.prioritized_weights(traj.certainty, 2.0)
   loss, metrics = losses.a2c_loss(logits, values, ref_logits, traj, adv, ret, weights, cfg)
 
   log_probs = np_log_softmax(logits, cfg.temperature)
@@ -362,7 +197,7 @@ def test_kl_gradient_flows_through_the_policy_log_prob():
   """Gradient of the k2 term is α·w·ρ·∇log π_θ(a) / n, with ∇_logits log π = (onehot − π)/τ."""
   cfg = losses.LossConfig(value_coef=0.0, entropy_coef=0.0)
   logits, values, ref_logits, traj, adv, ret = make_batch()
-  weights = losses.prioritized_weights(traj.certainty, 2.0)
+  weights = token_weights.prioritized_weights(traj.certainty, 2.0)
   grad = jax.grad(lambda x: losses.a2c_loss(x, values, ref_logits, traj, jnp.zeros_like(adv),
                                             ret, weights, cfg)[0])(logits)
   log_probs = np_log_softmax(logits, cfg.temperature)
@@ -422,7 +257,7 @@ def test_kl_term_can_be_switched_off():
 def test_default_policy_gradient_weights_are_ones_exactly(loss_fn):
   """The "loss" placement and pg_weights=None are the loss as it was: unweighted, KL in the loss."""
   logits, values, ref_logits, traj, adv, ret = make_batch()
-  weights = losses.prioritized_weights(traj.certainty, 2.0)
+  weights = token_weights.prioritized_weights(traj.certainty, 2.0)
   args = (values, ref_logits, traj, adv, ret, weights)
   value_and_grad = jax.value_and_grad(
       lambda x, cfg, u: loss_fn(x, *args, cfg, u), has_aux=True)
@@ -462,7 +297,7 @@ def test_exact_penalty_gradient_is_the_true_kl_gradient(loss_fn):
   cfg = losses.LossConfig(estimator="exact", value_coef=0.0, entropy_coef=0.0)
   logits, values, ref_logits, traj, _, ret = make_batch()
   traj = traj.replace(logp=losses.token_logp_and_entropy(logits, traj.tokens, 2.0)[0])
-  weights = losses.prioritized_weights(traj.certainty, 2.0)
+  weights = token_weights.prioritized_weights(traj.certainty, 2.0)
   zeros = jnp.zeros((B, T))
   (_, metrics), grad = jax.value_and_grad(
       lambda x: loss_fn(x, values, ref_logits, traj, zeros, ret, weights, cfg),
@@ -512,7 +347,7 @@ def test_a2c_loss_jits_and_vmaps_over_beta():
   logits, values, ref_logits, traj, adv, ret = make_batch()
 
   def loss_at(beta):
-    weights = losses.prioritized_weights(traj.certainty, beta)
+    weights = token_weights.prioritized_weights(traj.certainty, beta)
     return losses.a2c_loss(logits, values, ref_logits, traj, adv, ret, weights, cfg)[0]
 
   betas = jnp.array([0.0, 10.0, 150.0])
@@ -529,7 +364,7 @@ def test_ppo_at_ratio_one_has_the_a2c_gradient():
   cfg = losses.LossConfig()
   logits, values, ref_logits, traj, adv, ret = make_batch()
   traj = traj.replace(logp=losses.token_logp_and_entropy(logits, traj.tokens, cfg.temperature)[0])
-  weights = losses.prioritized_weights(traj.certainty, 2.0)
+  weights = token_weights.prioritized_weights(traj.certainty, 2.0)
   grads = [
       jax.grad(lambda x, fn=fn: fn(x, values, ref_logits, traj, adv, ret, weights, cfg)[0])(logits)
       for fn in (losses.a2c_loss, losses.ppo_loss)
@@ -561,7 +396,7 @@ def test_ppo_clipping():
 
 def test_kl_reward_penalty():
   logits, values, ref_logits, traj, adv, ret = make_batch()
-  weights = losses.prioritized_weights(traj.certainty, 2.0)
+  weights = token_weights.prioritized_weights(traj.certainty, 2.0)
   cfg = losses.LossConfig(kl_placement="reward", estimator="k1")
   rho = np.asarray(traj.logp - traj.ref_logp)
   np.testing.assert_allclose(losses.kl_reward_penalty(traj, weights, cfg),
@@ -577,7 +412,7 @@ def test_kl_reward_penalty():
 
 def test_kl_advantage_penalty_hand_computed():
   _, _, _, traj, _, _ = make_batch()
-  weights = losses.prioritized_weights(traj.certainty, 2.0)
+  weights = token_weights.prioritized_weights(traj.certainty, 2.0)
   cfg = losses.LossConfig(kl_placement="advantage", estimator="k2")
   weighted = weights * 0.5 * np.asarray(traj.logp - traj.ref_logp)**2 * MASK
   mean = weighted.sum() / MASK.sum()
@@ -599,7 +434,7 @@ def test_padding_never_leaks_into_advantages_or_returns(placement, estimator):
   combines them (reward penalty → GAE → advantage shift), change nothing on valid tokens."""
   cfg = losses.LossConfig(kl_placement=placement, estimator=estimator)
   _, _, _, traj, _, _ = make_batch()
-  weights = losses.prioritized_weights(traj.certainty, 2.0)
+  weights = token_weights.prioritized_weights(traj.certainty, 2.0)
 
   def placed(tr, w):
     rewards = tr.rewards + losses.kl_reward_penalty(tr, w, cfg)

@@ -11,11 +11,11 @@ import pytest
 from critical_kl import arms
 from critical_kl import checkpoints
 from critical_kl import finetune
-from critical_kl import losses
 from critical_kl import rl
+from critical_kl import runs as runs_lib
+from critical_kl import token_weights
 from critical_kl.configs import rl_default
-from conftest import adam_atol  # tests/ is on sys.path under pytest
-from test_sampling import loop_predicate_shapes
+from conftest import adam_atol, loop_predicate_shapes  # tests/ is on sys.path under pytest
 
 
 def tiny_config(model_path, **overrides):
@@ -137,7 +137,7 @@ def test_oracle_weights_follow_the_correct_path():
   correct = jnp.array([[1, 2, 5, 6, 7, 8]])
   mask = jnp.array([[0, 0, 1, 1, 1, 0]], jnp.float32)
   critical = jnp.array([[False, False, False, True, True, False]])
-  on_path = losses.correct_prefix(tokens, correct, mask)
+  on_path = token_weights.correct_prefix(tokens, correct, mask)
   # A generated position counts while every generated token before it is right; the mistake is
   # at 4, so 4 itself still counts.
   np.testing.assert_array_equal(on_path, [[False, False, True, True, True, False]])
@@ -154,7 +154,7 @@ def test_oracle_weights_follow_the_correct_path():
   np.testing.assert_allclose(weights(prioritized), np.full((1, 6), 0.25))
   np.testing.assert_allclose(weights(by_entropy), np.full((1, 6), 0.25))  # (1 + 1)^−2
   # A wrong token before a critical position takes it off the path.
-  off = losses.correct_prefix(jnp.array([[1, 2, 9, 6, 7, 0]]), correct, mask)
+  off = token_weights.correct_prefix(jnp.array([[1, 2, 9, 6, 7, 0]]), correct, mask)
   np.testing.assert_array_equal(off, [[False, False, True, False, False, False]])
 
 
@@ -164,10 +164,11 @@ def test_learning_rate_is_a_leaf_of_each_run(tiny_model):
   params, gpt, saved = checkpoints.load_model(tiny_model)
   c = tiny_config(tiny_model)
   task = rl.make_task(saved["pretrain_max_digits"], c.extra_digits)
-  batch = rl.stack([rl.collect_batch(c, task, 0, 0)] * 2)
-  state = rl.stack([rl.init_state(params, c, jax.random.key(0), rate) for rate in (1e-12, 1e-3)])
+  batch = runs_lib.stack([rl.collect_batch(c, task, 0, 0)] * 2)
+  state = runs_lib.stack([rl.init_state(params, c, jax.random.key(0), rate)
+                          for rate in (1e-12, 1e-3)])
   run_arms = arms.run_arms(list(arms.parse("standard+lr=1e-12,standard", 0.0)))
-  new, _ = rl.make_runs_iteration(gpt, c, task)(state, run_arms, batch, params)
+  new, _ = runs_lib.make_runs_iteration(gpt, c, task)(state, run_arms, batch, params)
   moved = [max(float(np.abs(a[i] - b).max()) for a, b in zip(jax.tree_util.tree_leaves(new.params),
                                                              jax.tree_util.tree_leaves(params)))
            for i in range(2)]
@@ -239,11 +240,12 @@ def test_runs_share_one_rollout_loop(tiny_model):
   params, gpt, saved = checkpoints.load_model(tiny_model)
   c = tiny_config(tiny_model)
   task = rl.make_task(saved["pretrain_max_digits"], c.extra_digits)
-  batch = rl.stack([rl.collect_batch(c, task, seed, 0) for seed in range(2)])
-  state = rl.stack([rl.init_state(params, c, jax.random.key(seed)) for seed in range(2)])
+  batch = runs_lib.stack([rl.collect_batch(c, task, seed, 0) for seed in range(2)])
+  state = runs_lib.stack([rl.init_state(params, c, jax.random.key(seed)) for seed in range(2)])
   run_arms = arms.run_arms(list(arms.parse("standard,prioritized", 150.0)))
-  iteration = jax.make_jaxpr(rl.make_runs_iteration(gpt, c, task))(state, run_arms, batch, params)
-  accuracy = jax.make_jaxpr(rl.make_runs_accuracy(gpt, task.max_new_tokens, 1.0, True))(
+  iteration = jax.make_jaxpr(runs_lib.make_runs_iteration(gpt, c, task))(state, run_arms, batch,
+                                                                         params)
+  accuracy = jax.make_jaxpr(runs_lib.make_runs_accuracy(gpt, task.max_new_tokens, 1.0, True))(
       state.params, jax.tree_util.tree_map(lambda x: x[0], batch.problems), jax.random.key(0))
   assert loop_predicate_shapes(iteration.jaxpr) == [()]
   assert loop_predicate_shapes(accuracy.jaxpr) == [()]

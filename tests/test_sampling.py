@@ -1,6 +1,5 @@
 """Rollouts: the JAX episode rules against a plain-Python reading of SPEC §4, and the sampler."""
 import jax
-from jax.extend import core as jax_core
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ from critical_kl import model as model_lib
 from critical_kl import sampling
 from critical_kl import tokenizer
 from critical_kl import trajectory as trajectory_lib
+from conftest import loop_predicate_shapes  # tests/ is on sys.path under pytest
 
 CLOSE = "</scratch>\n"
 
@@ -142,18 +142,6 @@ def test_greedy_is_deterministic_and_sampling_depends_on_key():
   np.testing.assert_array_equal(run(jax.random.key(1), True), run(jax.random.key(2), True))
   np.testing.assert_array_equal(run(jax.random.key(1), False), run(jax.random.key(1), False))
   assert not np.array_equal(run(jax.random.key(1), False), run(jax.random.key(2), False))
-
-
-def loop_predicate_shapes(jaxpr) -> list[tuple]:
-  """Shapes of the predicates of every while loop (a batched one makes XLA select the whole
-  carry, KV cache included, at every step)."""
-  shapes = []
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "while":
-      shapes.append(eqn.params["cond_jaxpr"].jaxpr.outvars[0].aval.shape)
-    for sub in jax_core.jaxprs_in_params(eqn.params):
-      shapes += loop_predicate_shapes(sub)
-  return shapes
 
 
 def test_rollout_vmapped_over_runs_with_axis_name():

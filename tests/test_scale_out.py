@@ -21,6 +21,7 @@ from critical_kl import distributed
 from critical_kl import finetune
 from critical_kl import pretrain
 from critical_kl import rl
+from critical_kl import runs
 from critical_kl import sharding
 from critical_kl.configs import pretrain_default
 from critical_kl.configs import rl_default
@@ -69,16 +70,15 @@ def _runs_iteration(model_path: str, num_runs: int, mesh) -> dict:
   config = _rl_config(model_path)
   ref_params, gpt, pre_config = finetune.checkpoints.load_model(model_path)
   task = rl.make_task(pre_config["pretrain_max_digits"], config.extra_digits)
-  state = rl.stack([rl.init_state(ref_params, config, jax.random.key(i)) for i in range(num_runs)])
-  batches = rl.stack([rl.collect_batch(config, task, i, 0) for i in range(num_runs)])
+  state = runs.stack([rl.init_state(ref_params, config, jax.random.key(i))
+                      for i in range(num_runs)])
+  batches = runs.stack([rl.collect_batch(config, task, i, 0) for i in range(num_runs)])
   run_arms = arms.run_arms(list(arms.parse(
       ",".join(f"prioritized+beta={b:g}" for b in np.linspace(0.0, 150.0, num_runs)), 0.0)))
-  if mesh is None:
-    iteration = rl.make_runs_iteration(gpt, config, task)
-  else:
+  if mesh is not None:
     state = sharding.place_runs(state, mesh, config.episodes_per_collect)
     ref_params = sharding.place_state(ref_params, mesh)
-    iteration = sharding.shard_runs_iteration(gpt, config, task, state, mesh)
+  iteration = runs.make_runs_iteration(gpt, config, task, state, mesh)
   state, metrics = iteration(state, run_arms, batches, ref_params)
   return dict(params=state.params, metrics=metrics)
 

@@ -43,12 +43,10 @@ def _pretrain_step(state, mesh):
   c = _pretrain_config()
   gpt, optimizer = pretrain.model_config(c), pretrain.make_optimizer(c)
   batch = pretrain.make_batch(c, 0)
-  if mesh is None:
-    step = pretrain.make_train_step(gpt, optimizer)
-  else:
+  if mesh is not None:
     state = sharding.place_state(state, mesh)
-    step = sharding.shard_pretrain_step(gpt, optimizer, state, mesh)
     batch = sharding.global_batch(mesh, batch, c.batch_size)
+  step = pretrain.make_train_step(gpt, optimizer, state, mesh)
   grads = jax.jit(jax.grad(pretrain.completion_loss), static_argnums=1)(state["params"], gpt,
                                                                          *batch)
   state, loss = step(state, *batch)
@@ -59,11 +57,9 @@ def _rl_iteration(state, ref_params, gpt, task, config, mesh):
   """One RL iteration, on one device when `mesh` is None; returns dict(params, metrics)."""
   batch = rl.collect_batch(config, task, 0, 0)
   arm = jax.tree_util.tree_map(lambda x: x[0], arms.run_arms(list(arms.parse("standard", 0.0))))
-  if mesh is None:
-    iteration = jax.jit(rl.make_iteration(gpt, config, task))
-  else:
+  if mesh is not None:
     state, ref_params = sharding.place_state((state, ref_params), mesh)
-    iteration = sharding.shard_rl_iteration(gpt, config, task, state, mesh)
+  iteration = rl.jit_iteration(gpt, config, task, state, mesh)
   state, metrics = iteration(state, arm, batch, ref_params)
   return dict(params=state.params, metrics=metrics)
 
@@ -72,7 +68,7 @@ def _indivisible_batch_error(mesh) -> str:
   c = _pretrain_config(batch_size=10)
   gpt, optimizer = pretrain.model_config(c), pretrain.make_optimizer(c)
   state = jax.eval_shape(lambda: pretrain.init_state(c, optimizer))
-  step = sharding.shard_pretrain_step(gpt, optimizer, state, mesh)
+  step = pretrain.make_train_step(gpt, optimizer, state, mesh)
   try:
     step(state, *pretrain.make_batch(c, 0))
   except ValueError as e:
