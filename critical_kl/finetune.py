@@ -114,34 +114,18 @@ class Evaluator:
                          np.float64) * chunk.prompts.shape[0] for i, chunk in enumerate(chunks)]
     return sum(solved) / sum(c.prompts.shape[0] for c in chunks)
 
-  def __call__(self, params, label: str = "", log=lambda *_: None, names=None,
-               groups=None) -> dict[str, list[float]]:
-    """Figure name → one value per run, for `names` (default: every figure).
-
-    `groups` (lists of run indices, e.g. one per arm): evaluated one group at a time. The runs of
-    a rollout share one loop that ends with the longest episode of any run, so an arm that has
-    drifted to episodes of maximal length would otherwise hold every other arm's loop as long.
-    """
+  def __call__(self, params, label: str = "", log=lambda *_: None,
+               names=None) -> dict[str, list[float]]:
+    """Figure name → one value per run, for `names` (default: every figure)."""
     names = tuple(self.figures) if names is None else names
     out, t0 = {}, time.time()
     for i, name in enumerate(names):
-      out[name] = _by_group(self.figures[name], params, groups).tolist()
+      out[name] = np.asarray(self.figures[name](params)).tolist()
       spent = time.time() - t0
       left = spent / (i + 1) * (len(names) - i - 1)
       log(f"  evaluating{' ' + label if label else ''}: {i + 1}/{len(names)} {name} "
           f"(mean {np.mean(out[name]):.3f})  {spent:.0f}s, ETA {left:.0f}s")
     return out
-
-
-def _by_group(figure, params, groups) -> np.ndarray:
-  """figure(params) [R], computed on each group of runs' parameters in turn (None: all at once)."""
-  if groups is None:
-    return np.asarray(figure(params))
-  out = np.zeros(sum(len(group) for group in groups))
-  for group in groups:
-    index = np.asarray(group)
-    out[index] = np.asarray(figure(jax.tree_util.tree_map(lambda x: x[index], params)))
-  return out
 
 
 def _per_run(metrics: dict[str, Any], runs) -> list[dict[str, Any]]:
@@ -250,9 +234,6 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool
       f"{reference['weight_other']:.3f} on others, {100 * reference['reduction_share']:.1f}% of "
       f"the reduction on critical tokens; matched α factor {reference['mean_weight']:.4f}")
   evaluator = Evaluator(gpt, config, task)
-  # One arm at a time on one device; on a mesh, all runs at once (they are split over devices).
-  groups = None if mesh is not None else [[i for i, (name, _) in enumerate(runs) if name == arm]
-                                          for arm in by_name]
   # Every run starts from the same parameters: evaluate them once, not once per run.
   first = evaluator(jax.tree_util.tree_map(lambda x: x[:1], initial_params), "before RL", log)
   before = {k: v * len(runs) for k, v in first.items()}
@@ -265,7 +246,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool
     _check_finite(record)
     if config.eval_every and (it + 1) % config.eval_every == 0 and it + 1 < config.num_iterations:
       record["eval"] = evaluator(distributed.host_local(state.params), f"at iteration {it + 1}",
-                                 log, CURVE_FIGURES, groups)
+                                 log, CURVE_FIGURES)
     history.append(record)
     if main:
       with open(metrics_path, "a") as f:
@@ -274,7 +255,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool
     if (it + 1) % config.checkpoint_every == 0 or it + 1 == config.num_iterations:
       checkpoints.save(mngr, it + 1, dict(state=state._asdict(), iteration=it + 1), saved)
   mngr.close()
-  after = evaluator(distributed.host_local(state.params), "after RL", log, groups=groups)
+  after = evaluator(distributed.host_local(state.params), "after RL", log)
   return FinetuneResult(arms=arms, runs=runs, before=before, after=after, history=history,
                         params=state.params, seconds=time.time() - t0, task=task,
                         reference=reference)

@@ -73,20 +73,6 @@ def test_evaluator_chunks_the_test_problems(tiny_model):
     np.testing.assert_array_equal(got, jax.random.key_data(want))
 
 
-def test_evaluation_by_group_scatters_back_in_run_order():
-  sizes = []
-
-  def figure(params):  # [R], and the number of runs it was given
-    sizes.append(len(params["x"]))
-    return 10 * params["x"]
-
-  params = dict(x=np.arange(6.0))
-  out = finetune._by_group(figure, params, [[0, 2, 4], [1, 3, 5]])
-  np.testing.assert_array_equal(out, 10 * np.arange(6.0))
-  assert sizes == [3, 3]
-  np.testing.assert_array_equal(finetune._by_group(figure, params, None), out)
-
-
 def test_evaluations_during_training_compute_the_curves_only(tiny_model, tmp_path):
   out = finetune.finetune(tiny_config(tiny_model, num_iterations=2, eval_every=1),
                           str(tmp_path), log=lambda _: None)

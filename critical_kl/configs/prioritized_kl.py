@@ -15,14 +15,14 @@ def get_config():
   c.num_seeds = 2
   c.kl_coef = 5.0
   c.beta = 150.0
-  # [ours] 5 arms × 2 seeds within 15 minutes on a 2-core CPU: 16 collects of 10 episodes, in 2
+  # [ours] 5 arms × 2 seeds within 15 minutes on a 2-core CPU: 13 collects of 10 episodes, in 2
   # minibatches of 5 whole episodes (2 Adam steps per collect), no evaluation between before and
-  # after. Each collect of the 10 runs costs about 28 s, the evaluation of the 10 runs after RL
-  # about 6 minutes: the arm without KL drifts to episodes of maximal length, and the runs share
-  # one rollout loop (docs/results.md, section 3).
+  # after. Each collect of the 10 runs costs about 31 s, the evaluation of the 10 runs after RL
+  # about 6 minutes: the runs share one rollout loop, which runs until the longest episode of any
+  # run ends, and a failed episode often runs to the episode limit (docs/results.md, section 3).
   c.episodes_per_collect = 10
   c.num_minibatches = 2
-  c.num_iterations = 16
+  c.num_iterations = 13
   c.eval_episodes = 100  # [paper] 100 test episodes
   c.eval_every = 0
   c.critical_eval_problems = 32
