@@ -75,6 +75,17 @@ def test_prioritized_kl_config():
   assert config.arms == "standard,prioritized,matched,oracle,no_kl" and config.estimator == "k2"
 
 
+def test_powered_config_is_sized_to_resolve_5_points():
+  """The mechanism issue's floor: ≥ 10 seeds, ≥ 400 test problems, ≥ 1,000 episodes per run."""
+  config = load("prioritized_kl_full")
+  assert config.num_seeds >= 10 and config.eval_episodes >= 400
+  assert config.num_iterations * config.episodes_per_collect >= 1000
+  names = config.arms.split(",")
+  assert names[:2] == ["standard", "prioritized"] and "matched" in names
+  assert config.episodes_per_collect % config.num_minibatches == 0
+  assert config.eval_episodes % config.eval_chunk == 0
+
+
 def test_beta_ablation_config():
   config = load("paper_beta_ablation")
   _check_rl(config, 7, 1)
