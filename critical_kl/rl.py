@@ -65,6 +65,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "certainty_temperature": config.certainty_temperature > 0,
             "learning_rate": config.learning_rate > 0, "extra_digits": config.extra_digits >= 1,
             "num_iterations": config.num_iterations >= 1, "num_seeds": config.num_seeds >= 1,
+            "eval_chunk": config.get("eval_chunk", 0) >= 0,
             "gamma": 0 <= config.gamma <= 1, "lam": 0 <= config.lam <= 1}
   bad = [name for name, ok in checks.items() if not ok]
   if bad:

@@ -177,7 +177,7 @@ def test_resume_equals_uninterrupted(tiny_model, tmp_path):
 @pytest.mark.parametrize("field,value,message", [
     ("estimator", "k9", "estimator"), ("certainty_method", "entropy", "certainty"),
     ("beta", -1.0, "beta"), ("temperature", 0.0, "temperature"), ("intercept", 0.5, "intercept"),
-    ("loss", "reinforce", "loss")])
+    ("loss", "reinforce", "loss"), ("eval_chunk", -1, "eval_chunk")])
 def test_bad_hyper_parameters_raise(tiny_model, field, value, message):
   with pytest.raises(ValueError, match=message):
     rl.validate(tiny_config(tiny_model, **{field: value}))
