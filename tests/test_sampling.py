@@ -161,8 +161,32 @@ def test_rollout_vmapped_over_runs_with_axis_name():
     np.testing.assert_array_equal(together.tokens[r], alone.tokens)
     np.testing.assert_array_equal(together.lengths[r], alone.lengths)
     np.testing.assert_allclose(together.logp[r], alone.logp, atol=1e-5)
-  assert loop_predicate_shapes(jax.make_jaxpr(runs("runs"))(params, keys).jaxpr) == [()]
-  assert loop_predicate_shapes(jax.make_jaxpr(runs(None))(params, keys).jaxpr) == [(2,)]
+  pieces = len(sampling.segment_ends(30, sampling.SEGMENTS))
+  assert loop_predicate_shapes(jax.make_jaxpr(runs("runs"))(params, keys).jaxpr) == [()] * pieces
+  assert loop_predicate_shapes(jax.make_jaxpr(runs(None))(params, keys).jaxpr) == [(2,)] * pieces
+
+
+def test_segment_ends_cover_the_episode_without_empty_pieces():
+  assert sampling.segment_ends(389, 4) == [98, 195, 292, 389]
+  assert sampling.segment_ends(3, 8) == [1, 2, 3]
+  assert sampling.segment_ends(10, 1) == [10]
+  with pytest.raises(ValueError, match="segments"):
+    sampling.segment_ends(10, 0)
+
+
+@pytest.mark.parametrize("greedy", [True, False])
+def test_segmented_cache_gives_the_episodes_of_one_full_length_cache(greedy):
+  """The pieces' shorter caches only drop masked positions: same tokens, lengths and rewards,
+  log-probs and values equal to float tolerance (the softmax sums in another order)."""
+  params = model_lib.init_params(TINY, jax.random.key(3))
+  _, problems = _problems()
+  one, four = (sampling.rollout(params, TINY, problems, jax.random.key(4), max_new_tokens=40,
+                                temperature=2.0, greedy=greedy, segments=n) for n in (1, 4))
+  for field in ("tokens", "lengths", "rewards", "termination", "mask"):
+    np.testing.assert_array_equal(getattr(four, field), getattr(one, field), err_msg=field)
+  for field in ("logp", "values", "entropy"):
+    np.testing.assert_allclose(getattr(four, field), getattr(one, field), atol=1e-5, rtol=1e-5,
+                               err_msg=field)
 
 
 def test_context_overflow_and_bad_temperature_raise():
