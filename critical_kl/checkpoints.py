@@ -217,7 +217,9 @@ def load_model(directory: str) -> tuple[Any, model_lib.GPTConfig, dict]:
   """Loads an exported model or the latest step of a training directory.
 
   Returns:
-    (params, GPTConfig, the full config dict saved with it). The dict's "vocabulary" is always
+    (params, GPTConfig, the full config dict saved with it). For an ensemble (a config with
+    `ensemble_members` K > 0, see `pretrain`) the params are the K members' stacked on a leading
+    axis. The dict's "vocabulary" is always
     there: the stored one, or `tokenizer.DEFAULT`'s when none is stored;
     `tokenizer.Vocabulary.from_dict(config["vocabulary"])` gives the model's vocabulary.
 
@@ -238,7 +240,7 @@ def load_model(directory: str) -> tuple[Any, model_lib.GPTConfig, dict]:
                           f"model's vocab_size is {gpt_config.vocab_size}")
   try:
     with _one_error_only(path):
-      return _restore_params(path, gpt_config), gpt_config, config
+      return _restore_params(path, gpt_config, ensemble_members(config)), gpt_config, config
   except CheckpointError:
     raise
   except Exception as e:  # pylint: disable=broad-except  (Orbax and TensorStore raise many kinds)
@@ -246,12 +248,25 @@ def load_model(directory: str) -> tuple[Any, model_lib.GPTConfig, dict]:
                           f"({_reason(e)})") from e
 
 
-def _restore_params(path: str, gpt_config: model_lib.GPTConfig) -> Any:
+def ensemble_members(config: dict) -> int:
+  """K for a saved ensemble (its parameters stacked on a leading axis of size K), else 0."""
+  return int(config.get("ensemble_members") or 0)
+
+
+def check_single(config: dict, where: str) -> None:
+  """Raises CheckpointError when the model saved with `config` is an ensemble."""
+  if ensemble_members(config):
+    raise CheckpointError(f"{where} is an ensemble of {ensemble_members(config)} models, not one "
+                          f"model")
+
+
+def _restore_params(path: str, gpt_config: model_lib.GPTConfig, members: int) -> Any:
   # On this process's first device: with several processes each restores its own full copy
   # (Orbax refuses a target without shardings when the topology differs from the saved one).
   device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  lead = (members,) if members else ()
   abstract = jax.tree_util.tree_map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+      lambda x: jax.ShapeDtypeStruct(lead + x.shape, x.dtype, sharding=device),
       jax.eval_shape(lambda: model_lib.init_params(gpt_config, jax.random.key(0))))
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
     if os.path.isdir(os.path.join(path, "params")):

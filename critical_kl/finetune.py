@@ -198,6 +198,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, *, overwrite: bool
   if not distributed.is_main():
     log = lambda *_: None
   ref_params, gpt, pre_config = checkpoints.load_model(config.checkpoint)
+  checkpoints.check_single(pre_config, f"checkpoint {config.checkpoint}")
   task = rl.make_task(pre_config["pretrain_max_digits"], config.extra_digits,
                       tokenizer.Vocabulary.from_dict(pre_config["vocabulary"]))
   if task.prompt_length + task.max_new_tokens > gpt.block_size:

@@ -10,6 +10,11 @@ loss: the critical tokens of SPEC §6 and the `]` that closes each critical run.
 learns everything about longer numbers but when to stop copying an operand, the decision the paper
 finds uncertain; `config.init_checkpoint` starts from an exported model's parameters.
 
+[ours] With `config.ensemble_members = K > 0` the run trains K models in one vmapped program, a
+reference ensemble (the paper's footnote 2): member k draws its own problems and start positions
+(seed `config.seed + k`) and, without `init_checkpoint`, its own initial parameters. The state,
+checkpoints and exported model hold the members stacked on a leading axis of size K.
+
 With `config.sharding` (see `sharding`) the step runs on a device mesh. Across several processes
 each one draws the same problems but encodes only the rows its devices hold, so the global batch
 is the same for any number of processes.
@@ -52,6 +57,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
       raise ValueError(f"{name} must be >= 1, got {config[name]}")
   if config.learning_rate <= 0:
     raise ValueError(f"learning_rate must be > 0, got {config.learning_rate}")
+  if config.get("ensemble_members", 0) < 0:
+    raise ValueError(f"ensemble_members must be >= 0, got {config.ensemble_members}")
+  if config.get("ensemble_members", 0) and sharding.mesh_from_config(config) is not None:
+    raise ValueError("an ensemble (ensemble_members > 0) trains on one device; set "
+                     "sharding.data = sharding.params = 1")
   if config.held_out_digits < 0 or not 0 <= config.held_out_fraction <= 1:
     raise ValueError(f"held_out_digits must be >= 0 and held_out_fraction in [0, 1], got "
                      f"{config.held_out_digits} and {config.held_out_fraction}")
@@ -180,11 +190,33 @@ def make_train_step(gpt: model_lib.GPTConfig, optimizer: optax.GradientTransform
   return sharded_step
 
 
+def members(config: ml_collections.ConfigDict) -> int:
+  """K, the ensemble's members, or 0 for one plain model."""
+  return config.get("ensemble_members", 0)
+
+
+def member_config(config: ml_collections.ConfigDict, k: int) -> ml_collections.ConfigDict:
+  """The config of member k alone: seed + k, no ensemble."""
+  member = ml_collections.ConfigDict(config.to_dict())
+  member.seed = config.seed + k
+  member.ensemble_members = 0
+  return member
+
+
+def _stack(trees):
+  return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
+
+
 def init_state(config: ml_collections.ConfigDict, optimizer) -> dict[str, Any]:
-  """A fresh state; its parameters are those of `config.init_checkpoint` when it is set."""
+  """A fresh state; its parameters are those of `config.init_checkpoint` when it is set. For an
+  ensemble, the members' states stacked on a leading axis."""
+  if members(config):
+    return _stack([init_state(member_config(config, k), optimizer)
+                   for k in range(members(config))])
   key, init_key = jax.random.split(jax.random.key(config.seed))
   if config.init_checkpoint:
-    params, gpt, _ = checkpoints.load_model(config.init_checkpoint)
+    params, gpt, saved = checkpoints.load_model(config.init_checkpoint)
+    checkpoints.check_single(saved, f"init_checkpoint {config.init_checkpoint}")
     if gpt != model_config(config):
       raise checkpoints.CheckpointError(
           f"init_checkpoint {config.init_checkpoint} is a {gpt}, not the configured "
@@ -193,6 +225,28 @@ def init_state(config: ml_collections.ConfigDict, optimizer) -> dict[str, Any]:
     params = model_lib.init_params(model_config(config), init_key)
   return dict(params=params, opt_state=optimizer.init(params), step=jnp.int32(0),
               key=jax.random.key_data(key))
+
+
+def current_step(state: dict[str, Any]) -> int:
+  """Steps done; the members of an ensemble move in step."""
+  return int(np.asarray(state["step"]).reshape(-1)[0])
+
+
+def make_members_step(gpt: model_lib.GPTConfig, optimizer: optax.GradientTransformation):
+  """`make_train_step` over the K members of an ensemble: states and batches stacked [K, ...];
+  the loss returned is the members' mean (finite only when every member's is)."""
+  step = jax.vmap(make_train_step(gpt, optimizer))
+
+  def members_step(state, tokens, positions, loss_mask):
+    state, loss = step(state, tokens, positions, loss_mask)
+    return state, jnp.mean(loss)
+  return jax.jit(members_step)
+
+
+def make_members_batch(config: ml_collections.ConfigDict, step: int):
+  """The K members' batches of `step`, stacked: tokens, positions, loss_mask [K, B, L]."""
+  batches = [make_batch(member_config(config, k), step) for k in range(members(config))]
+  return tuple(np.stack(parts) for parts in zip(*batches))
 
 
 def saved_config(config: ml_collections.ConfigDict) -> dict:
@@ -204,7 +258,12 @@ def saved_config(config: ml_collections.ConfigDict) -> dict:
 
 
 def progress_report(params, gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict) -> str:
-  """Greedy accuracy at N and N + 1 digits (varying suite), for progress lines."""
+  """Greedy accuracy at N and N + 1 digits (varying suite), for progress lines; one line per
+  member of an ensemble."""
+  if members(config):
+    return "\n".join(f"  member {k}:" + progress_report(
+        jax.tree_util.tree_map(lambda x, k=k: x[k], params), gpt, member_config(config, k))[1:]
+                     for k in range(members(config)))
   n = config.pretrain_max_digits
   results = [evaluation.evaluate_suite(params, gpt, d, "varying", config.eval_num_examples,
                                        seed=config.seed) for d in (n, n + 1)]
@@ -245,16 +304,22 @@ def train(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = Fal
   restored = checkpoints.restore_latest(mngr, state, saved, resume_previous, log)
   if restored is not None:
     state = restored
-    log(f"resumed from step {int(state['step'])} in {mngr.directory}")
-  log(f"model: {model_lib.num_params(state['params']):,} parameters, {gpt}")
-  train_step = make_train_step(gpt, optimizer, state, mesh)
-  if mesh is None:
+    log(f"resumed from step {current_step(state)} in {mngr.directory}")
+  count = model_lib.num_params(state["params"]) // max(members(config), 1)
+  log(f"model: {count:,} parameters{f' × {members(config)} members' if members(config) else ''}, "
+      f"{gpt}")
+  if members(config):
+    train_step = make_members_step(gpt, optimizer)
+    batch = functools.partial(make_members_batch, config)
+  elif mesh is None:
+    train_step = make_train_step(gpt, optimizer)
     batch = functools.partial(make_batch, config)
   else:
+    train_step = make_train_step(gpt, optimizer, state, mesh)
     rows = sharding.process_rows(config.batch_size, mesh)
     batch = lambda step: sharding.global_batch(mesh, make_batch(config, step, rows),
                                                config.batch_size)
-  start = int(state["step"])
+  start = current_step(state)
   t0, losses = time.time(), []  # losses: (step, loss) since the last log line
   for step in range(start, config.num_steps):
     state, loss = train_step(state, *batch(step))

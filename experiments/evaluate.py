@@ -49,6 +49,7 @@ def main(_):
   if _TEMPERATURE.value <= 0:
     raise ValueError(f"--temperature must be > 0, got {_TEMPERATURE.value}")
   params, gpt, config = checkpoints.load_model(_CHECKPOINT.value)
+  checkpoints.check_single(config, _CHECKPOINT.value)
   n_max = config["pretrain_max_digits"]
   vocabulary = tokenizer.Vocabulary.from_dict(config["vocabulary"])
   modes = evaluation.MODES if _MODE.value == "both" else (_MODE.value,)

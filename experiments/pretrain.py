@@ -46,10 +46,15 @@ def main(_):
   gpt = pretrain.model_config(config)
   n = config.pretrain_max_digits
   if distributed.is_main():
-    results = [evaluation.evaluate_suite(params, gpt, d, "varying", config.eval_num_examples,
-                                         seed=config.seed)
-               for d in (n, n + 1)]
-    print(evaluation.format_table(results))
+    members = pretrain.members(config)
+    for k in range(max(members, 1)):
+      model = jax.tree_util.tree_map(lambda x, k=k: x[k], params) if members else params
+      if members:
+        print(f"member {k}:")
+      results = [evaluation.evaluate_suite(model, gpt, d, "varying", config.eval_num_examples,
+                                           seed=config.seed)
+                 for d in (n, n + 1)]
+      print(evaluation.format_table(results))
   if _EXPORT.value:
     # Every process takes part in the save (Orbax synchronizes them); the main one writes.
     checkpoints.export(_EXPORT.value, params, pretrain.saved_config(config),

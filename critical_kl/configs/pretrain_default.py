@@ -32,6 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.held_out_digits = 0
   c.held_out_fraction = 0.25
   c.init_checkpoint = ""  # an exported model to start from ("": random initialization)
+  c.ensemble_members = 0  # K > 0: train K models at once, member k with seed + k (an ensemble)
   c.eval_every = 0  # print greedy accuracy at N and N+1 every this many steps (0: never)
   c.eval_num_examples = 200  # problems per accuracy figure printed during and after training
   # Device mesh: data × params devices; data = 0 means all devices // params. 1 × 1: one device.

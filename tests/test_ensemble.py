@@ -1,0 +1,86 @@
+"""Reference ensembles: K members pre-trained in one vmapped program, saved and loaded stacked."""
+import jax
+import numpy as np
+import pytest
+
+from conftest import adam_atol  # tests/ is on sys.path under pytest
+from critical_kl import checkpoints
+from critical_kl import pretrain
+from critical_kl.configs import ensemble_n5
+from critical_kl.configs import pretrain_default
+
+
+def tiny_config(**overrides):
+  c = pretrain_default.get_config()
+  c.pretrain_max_digits = 2
+  c.model.update(n_layer=1, n_head=2, n_embd=16, value_hidden=8)
+  c.batch_size = 4
+  c.num_steps = 4
+  c.warmup_steps = 2
+  c.log_every = 2
+  c.checkpoint_every = 2
+  c.update(overrides)
+  return c
+
+
+def _member(tree, k):
+  return jax.tree_util.tree_map(lambda x: x[k], tree)
+
+
+def test_members_are_the_models_trained_alone(tmp_path):
+  """Member k of a K = 2 ensemble is the plain run of seed + k: own data, own initialization."""
+  config = tiny_config(ensemble_members=2, seed=5)
+  state = pretrain.train(config, str(tmp_path / "ensemble"), log=lambda _: None)
+  assert jax.tree_util.tree_leaves(state["params"])[0].shape[0] == 2
+  for k in range(2):
+    alone = pretrain.train(pretrain.member_config(config, k), str(tmp_path / f"alone{k}"),
+                           log=lambda _: None)
+    jax.tree_util.tree_map(
+        lambda a, b: np.testing.assert_allclose(a, b, atol=adam_atol(config.learning_rate, 4)),
+        _member(state["params"], k), alone["params"])
+  first, second = (jax.tree_util.tree_leaves(_member(state["params"], k))[0] for k in (0, 1))
+  assert not np.allclose(first, second)
+
+
+def test_members_batches_differ_and_follow_the_member_seed():
+  config = tiny_config(ensemble_members=3, seed=2)
+  tokens, positions, mask = pretrain.make_members_batch(config, step=7)
+  assert tokens.shape[0] == positions.shape[0] == mask.shape[0] == 3
+  for k in range(3):
+    np.testing.assert_array_equal(tokens[k], pretrain.make_batch(
+        pretrain.member_config(config, k), 7)[0])
+  assert not np.array_equal(tokens[0], tokens[1])
+
+
+def test_ensemble_resumes_and_exports_stacked(tmp_path):
+  config = tiny_config(ensemble_members=2)
+  workdir = str(tmp_path / "run")
+  pretrain.train(tiny_config(ensemble_members=2, num_steps=2), workdir, log=lambda _: None)
+  logs = []
+  resumed = pretrain.train(config, workdir, log=logs.append)
+  assert any("resumed from step 2" in line for line in logs)
+  uninterrupted = pretrain.train(config, str(tmp_path / "once"), log=lambda _: None)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, resumed["params"],
+                         uninterrupted["params"])
+  path = str(tmp_path / "model")
+  checkpoints.export(path, resumed["params"], pretrain.saved_config(config))
+  params, gpt, saved = checkpoints.load_model(path)
+  assert gpt == pretrain.model_config(config)
+  assert checkpoints.ensemble_members(saved) == 2
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params, resumed["params"])
+  with pytest.raises(checkpoints.CheckpointError, match="ensemble of 2 models"):
+    checkpoints.check_single(saved, path)
+  with pytest.raises(checkpoints.CheckpointError, match="ensemble of 2 models"):
+    pretrain.train(tiny_config(init_checkpoint=path), str(tmp_path / "from"), log=lambda _: None)
+
+
+def test_bad_ensemble_settings_raise():
+  with pytest.raises(ValueError, match="ensemble_members"):
+    pretrain.validate(tiny_config(ensemble_members=-1))
+
+
+def test_ensemble_config_starts_from_the_shipped_model():
+  config = ensemble_n5.get_config()
+  assert config.init_checkpoint == checkpoints.DEFAULT_MODEL
+  assert config.ensemble_members >= 2
+  pretrain.validate(config)
