@@ -13,6 +13,9 @@ rate:
                  1 elsewhere: what the prioritized weights approximate
   no_kl          α = 0: "ignore the KL penalty" taken literally
   entropy        w = (1 + H(π_ref))^−c, the reference's Shannon entropy at τ_c (c = 1 unless set)
+  ensemble       w = Ĵ^β of a reference ensemble's mixture (`certainty.ensemble_certainty`, the
+                 paper's footnote 2), whose mixture is also the KL's π_ref (β as prioritized;
+                 needs the config's `reference_ensemble`)
 
 An arm list is a comma-separated string (the config field `arms`), e.g.
 "standard,prioritized,matched,oracle,no_kl"; `+key=value` suffixes override one arm's `beta`,
@@ -27,12 +30,15 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
-KINDS = ("standard", "prioritized", "matched", "oracle", "no_kl", "entropy")
+KINDS = ("standard", "prioritized", "matched", "oracle", "no_kl", "entropy", "ensemble")
+# The kinds whose β is the config's (or their `+beta=` override).
+_WITH_BETA = ("prioritized", "ensemble")
 # The KL weights rule of each kind: "certainty" is Ĵ^β (ones at β = 0), "oracle" the critical
 # mask, "entropy" (1 + H)^−c. Codes of `RunArms.rule`, in this order.
 RULES = ("certainty", "oracle", "entropy")
 _RULES = {"standard": "certainty", "prioritized": "certainty", "matched": "certainty",
-          "oracle": "oracle", "no_kl": "certainty", "entropy": "entropy"}
+          "oracle": "oracle", "no_kl": "certainty", "entropy": "entropy",
+          "ensemble": "certainty"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +48,7 @@ class Arm:
   Attributes:
     name: as written in the arm list, e.g. "prioritized+beta=500".
     kind: one of KINDS.
-    beta: β of the certainty weights (used by "prioritized" only).
+    beta: β of the certainty weights (used by "prioritized" and "ensemble" only).
     kl_scale: factor on α; None for "matched" until `resolve_matched` sets it.
     learning_rate: the arm's own learning rate, None for the config's.
     entropy_exponent: c of the "entropy" rule.
@@ -94,12 +100,16 @@ def parse(spec: str, beta: float) -> tuple[Arm, ...]:
     kind, *overrides = name.split("+")
     if kind not in KINDS:
       raise ValueError(f"unknown arm {kind!r} in {name!r}; valid: {', '.join(KINDS)}")
-    arm = Arm(name, kind, beta=float(beta) if kind == "prioritized" else 0.0,
+    arm = Arm(name, kind, beta=float(beta) if kind in _WITH_BETA else 0.0,
               kl_scale={"no_kl": 0.0, "matched": None}.get(kind, 1.0))
     for item in overrides:
       arm = _override(arm, item)
     arms.append(arm)
   return tuple(arms)
+
+
+def needs_ensemble(arms: tuple[Arm, ...]) -> bool:
+  return any(arm.kind == "ensemble" for arm in arms)
 
 
 def needs_matched_scale(arms: tuple[Arm, ...]) -> bool:
@@ -121,12 +131,14 @@ class RunArms(NamedTuple):
     kl_scale: float32, factor on α.
     entropy_exponent: float32, c of the entropy rule.
     pg_top_share: float32, ρ of the policy-gradient mask (1: every token).
+    ensemble: bool, the reference is the ensemble's mixture rather than the single model.
   """
   rule: jnp.ndarray
   beta: jnp.ndarray
   kl_scale: jnp.ndarray
   entropy_exponent: jnp.ndarray
   pg_top_share: jnp.ndarray
+  ensemble: jnp.ndarray = np.False_
 
 
 def run_arms(arms_of_runs: list[Arm]) -> RunArms:
@@ -136,8 +148,9 @@ def run_arms(arms_of_runs: list[Arm]) -> RunArms:
       raise ValueError(f"arm {arm.name!r}: its α factor is not set (see resolve_matched)")
   column = lambda field, dtype: np.array([getattr(a, field) for a in arms_of_runs], dtype)
   return RunArms(rule=np.array([RULES.index(a.rule) for a in arms_of_runs], np.int32),
-                 beta=np.array([a.beta if a.kind == "prioritized" else 0.0 for a in arms_of_runs],
+                 beta=np.array([a.beta if a.kind in _WITH_BETA else 0.0 for a in arms_of_runs],
                                np.float32),
                  kl_scale=column("kl_scale", np.float32),
                  entropy_exponent=column("entropy_exponent", np.float32),
-                 pg_top_share=column("pg_top_share", np.float32))
+                 pg_top_share=column("pg_top_share", np.float32),
+                 ensemble=np.array([a.kind == "ensemble" for a in arms_of_runs]))

@@ -45,3 +45,13 @@ def test_bad_lists_raise(spec, message):
 def test_unresolved_matched_arm_cannot_run():
   with pytest.raises(ValueError, match="not set"):
     arms.run_arms(list(arms.parse("matched", 150.0)))
+
+
+def test_ensemble_arm_takes_the_prioritized_beta_and_flags_its_runs():
+  parsed = arms.parse("prioritized,ensemble,ensemble+beta=10", beta=150.0)
+  assert [a.rule for a in parsed] == ["certainty"] * 3
+  assert [a.beta for a in parsed] == [150.0, 150.0, 10.0]
+  assert arms.needs_ensemble(parsed) and not arms.needs_ensemble(parsed[:1])
+  run = arms.run_arms(list(parsed))
+  np.testing.assert_array_equal(run.ensemble, [False, True, True])
+  np.testing.assert_array_equal(run.beta, [150, 150, 10])

@@ -2,7 +2,7 @@
 
 Full pre-training of one model of the shipped size takes about 2.5 hours on a 2-core CPU (docs/
 results.md, section 1), so the members are not independent pre-trainings: each starts from the
-shipped model and continues its last phase for 400 steps (peak rate 3e-4, warm-up 50, cosine decay
+shipped model and continues its last phase for 100 steps (peak rate 3e-4, warm-up 20, cosine decay
 to 3e-5, the anneal's settings) on its own problems and start positions (seed 1 + k), all four in
 one vmapped program. Their disagreement is what the data order leaves; the results say how much
 that changes the certainty (docs/results.md, "Beyond the paper").
@@ -24,9 +24,10 @@ def get_config():
   c.init_checkpoint = SHIPPED_MODEL
   c.ensemble_members = 4
   c.seed = 1
-  c.num_steps = 400
-  c.warmup_steps = 50
+  c.num_steps = 100
+  c.warmup_steps = 20
   c.learning_rate = 3e-4
   c.eval_every = 0
-  c.checkpoint_every = 100
+  c.log_every = 25
+  c.checkpoint_every = 25
   return c
