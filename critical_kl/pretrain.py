@@ -31,6 +31,7 @@ from critical_kl import divergence
 from critical_kl import evaluation
 from critical_kl import model as model_lib
 from critical_kl import sharding
+from critical_kl import task as task_lib
 from critical_kl import tokenizer
 
 def model_config(config: ml_collections.ConfigDict) -> model_lib.GPTConfig:
@@ -104,18 +105,15 @@ def make_batch(config: ml_collections.ConfigDict, step: int, rows: np.ndarray | 
   operands, longer = _sample_problems(config, rng)
   if rows is not None:
     operands, longer = operands[rows], longer[rows]
-  prompts = [arithmetic.prompt(int(a), int(b)) for a, b in operands]
-  texts = [p + arithmetic.scratchpad(int(a), int(b)) for p, (a, b) in zip(prompts, operands)]
   length = arithmetic.max_sequence_length(_longest_operand(config))
-  tokens, lengths = tokenizer.encode_batch(texts, length=length)
-  prompt_lengths = np.array([len(p) for p in prompts])
+  correct = task_lib.correct_completions(operands, config.pretrain_max_digits, length)
+  tokens, prompt_lengths, loss_mask = correct.tokens, correct.prompt_lengths, correct.mask
   index = np.arange(length)[None, :]
-  loss_mask = (index >= prompt_lengths[:, None]) & (index < lengths[:, None])
   for row in np.flatnonzero(longer):
     a, b = (int(x) for x in operands[row])
     held = np.flatnonzero(held_out_mask(a, b, config.pretrain_max_digits))
     loss_mask[row, prompt_lengths[row] + held] = False
-  offsets = np.zeros((len(texts), 1), np.int64)
+  offsets = np.zeros((len(operands), 1), np.int64)
   if config.random_start_positions:
     offsets = rng.integers(0, model_config(config).block_size - length + 1,
                            size=(config.batch_size, 1))

@@ -25,7 +25,7 @@ jitted functions. Anything else builds a mesh over every device of every process
 
 Typical use (with mesh None, skip the placement: the builders return plain `jax.jit`s):
 
-  mesh = sharding.mesh_from_config(config)
+  mesh = sharding.mesh_from_config(config)  # or mesh_from_shape(*typed_config.mesh_shape)
   state = sharding.place_state(state, mesh)                          # pre-training
   train_step = pretrain.make_train_step(gpt, optimizer, state, mesh)
 
@@ -68,11 +68,18 @@ def make_mesh(data: int | None = None, params: int = 1, devices=None) -> Mesh:
                        devices=devices)
 
 
+def mesh_from_shape(data: int, params: int) -> Mesh | None:
+  """The mesh of data × params devices (data 0: all devices // params), None for 1 × 1."""
+  if (data, params) == (1, 1):
+    return None
+  return make_mesh(data or None, params)
+
+
 def mesh_from_config(config: ml_collections.ConfigDict) -> Mesh | None:
   """The mesh of `config.sharding` (see the module docstring), or None for one device."""
-  if "sharding" not in config or (config.sharding.data, config.sharding.params) == (1, 1):
+  if "sharding" not in config:
     return None
-  return make_mesh(config.sharding.data or None, config.sharding.params)
+  return mesh_from_shape(config.sharding.data, config.sharding.params)
 
 
 def _fsdp_spec(shape: tuple[int, ...], params_size: int, min_size: int) -> P:

@@ -17,7 +17,9 @@ from critical_kl import arms
 from critical_kl import checkpoints
 from critical_kl import pretrain
 from critical_kl import rl
+from critical_kl import rl_config as rl_config_lib
 from critical_kl import sharding
+from critical_kl import task as task_lib
 from critical_kl.configs import pretrain_default
 from critical_kl.configs import rl_default
 from conftest import adam_atol  # tests/ is on sys.path under pytest
@@ -55,7 +57,7 @@ def _pretrain_step(state, mesh):
 
 def _rl_iteration(state, ref_params, gpt, task, config, mesh):
   """One RL iteration, on one device when `mesh` is None; returns dict(params, metrics)."""
-  batch = rl.collect_batch(config, task, 0, 0)
+  batch = task_lib.collect_batch(task, config.episodes_per_collect, config.seed, 0, 0)
   arm = jax.tree_util.tree_map(lambda x: x[0], arms.run_arms(list(arms.parse("standard", 0.0))))
   if mesh is not None:
     state, ref_params = sharding.place_state((state, ref_params), mesh)
@@ -88,8 +90,9 @@ def _worker(out_dir: str, model_path: str) -> None:
   pre_state = jax.jit(lambda: pretrain.init_state(c, optimizer))()
   rl_config = rl_default.get_config()
   rl_config.update(episodes_per_collect=8, num_minibatches=2, learning_rate=1e-3, temperature=2.0)
+  rl_config = rl_config_lib.RLConfig.from_config_dict(rl_config)
   ref_params, gpt, pre_config = checkpoints.load_model(model_path)
-  task = rl.make_task(pre_config["pretrain_max_digits"], rl_config.extra_digits)
+  task = task_lib.make_task(pre_config["pretrain_max_digits"], rl_config.extra_digits)
   rl_state = rl.init_state(ref_params, rl_config, jax.random.key(0))
 
   results = dict(pretrain=dict(initial=dict(params=pre_state["params"])),
