@@ -30,44 +30,16 @@ from critical_kl import distributed
 from critical_kl import divergence
 from critical_kl import evaluation
 from critical_kl import model as model_lib
+from critical_kl import pretrain_config as pretrain_config_lib
 from critical_kl import sharding
 from critical_kl import task as task_lib
-from critical_kl import tokenizer
 
-def model_config(config: ml_collections.ConfigDict) -> model_lib.GPTConfig:
-  """The GPTConfig of a run; block_size 0 means: fit a rollout on N + 3 digits."""
-  fields = config.model.to_dict()
-  if not fields["block_size"]:
-    longest = config.pretrain_max_digits + 3
-    needed = arithmetic.max_sequence_length(longest) + arithmetic.EPISODE_SLACK
-    fields["block_size"] = -(-needed // 64) * 64
-  return model_lib.GPTConfig(**fields)
+# The ConfigDict readers of pre-training, where the loop's entry and the mains use them.
+model_config = pretrain_config_lib.model_config
+saved_config = pretrain_config_lib.saved_config
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError on settings that cannot run."""
-  if config.pretrain_max_digits < 1:
-    raise ValueError(f"pretrain_max_digits must be >= 1, got {config.pretrain_max_digits}")
-  for name in ("batch_size", "num_steps", "log_every", "checkpoint_every"):
-    if config[name] < 1:
-      raise ValueError(f"{name} must be >= 1, got {config[name]}")
-  if config.learning_rate <= 0:
-    raise ValueError(f"learning_rate must be > 0, got {config.learning_rate}")
-  if config.held_out_digits < 0 or not 0 <= config.held_out_fraction <= 1:
-    raise ValueError(f"held_out_digits must be >= 0 and held_out_fraction in [0, 1], got "
-                     f"{config.held_out_digits} and {config.held_out_fraction}")
-  gpt = model_config(config)
-  needed = arithmetic.max_sequence_length(_longest_operand(config))
-  if gpt.block_size < needed:
-    raise ValueError(f"block_size {gpt.block_size} cannot hold a {config.pretrain_max_digits}-digit "
-                     f"problem ({needed} tokens)")
-
-
-def _longest_operand(config: ml_collections.ConfigDict) -> int:
-  return config.pretrain_max_digits + config.held_out_digits
-
-
-def _sample_problems(config: ml_collections.ConfigDict, rng: np.random.Generator):
+def _sample_problems(config: pretrain_config_lib.PretrainConfig, rng: np.random.Generator):
   """The operands [B, 2] of one batch and bool [B]: the row is a held-out-decision problem."""
   n, batch = config.pretrain_max_digits, config.batch_size
   operands = arithmetic.sample_balanced(rng, batch, n)
@@ -90,7 +62,8 @@ def held_out_mask(a: int, b: int, n_max: int) -> np.ndarray:
   return mask
 
 
-def make_batch(config: ml_collections.ConfigDict, step: int, rows: np.ndarray | None = None):
+def make_batch(config: pretrain_config_lib.PretrainConfig, step: int,
+               rows: np.ndarray | None = None):
   """The training batch of `step`, or its rows `rows` (default: all B = config.batch_size).
 
   The random draws are those of the whole batch whatever `rows` is, so make_batch(c, s, rows)
@@ -105,7 +78,7 @@ def make_batch(config: ml_collections.ConfigDict, step: int, rows: np.ndarray | 
   operands, longer = _sample_problems(config, rng)
   if rows is not None:
     operands, longer = operands[rows], longer[rows]
-  length = arithmetic.max_sequence_length(_longest_operand(config))
+  length = arithmetic.max_sequence_length(config.longest_operand)
   correct = task_lib.correct_completions(operands, config.pretrain_max_digits, length)
   tokens, prompt_lengths, loss_mask = correct.tokens, correct.prompt_lengths, correct.mask
   index = np.arange(length)[None, :]
@@ -115,14 +88,14 @@ def make_batch(config: ml_collections.ConfigDict, step: int, rows: np.ndarray | 
     loss_mask[row, prompt_lengths[row] + held] = False
   offsets = np.zeros((len(operands), 1), np.int64)
   if config.random_start_positions:
-    offsets = rng.integers(0, model_config(config).block_size - length + 1,
+    offsets = rng.integers(0, config.model.block_size - length + 1,
                            size=(config.batch_size, 1))
     if rows is not None:
       offsets = offsets[rows]
   return tokens, (offsets + index).astype(np.int32), loss_mask.astype(np.float32)
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(config: pretrain_config_lib.PretrainConfig) -> optax.GradientTransformation:
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, config.learning_rate, config.warmup_steps, max(config.num_steps, config.warmup_steps + 1),
       end_value=config.learning_rate * config.min_learning_rate_ratio)
@@ -178,30 +151,23 @@ def make_train_step(gpt: model_lib.GPTConfig, optimizer: optax.GradientTransform
   return sharded_step
 
 
-def init_state(config: ml_collections.ConfigDict, optimizer) -> dict[str, Any]:
+def init_state(config: pretrain_config_lib.PretrainConfig, optimizer) -> dict[str, Any]:
   """A fresh state; its parameters are those of `config.init_checkpoint` when it is set."""
   key, init_key = jax.random.split(jax.random.key(config.seed))
   if config.init_checkpoint:
     params, gpt, _ = checkpoints.load_model(config.init_checkpoint)
-    if gpt != model_config(config):
+    if gpt != config.model:
       raise checkpoints.CheckpointError(
           f"init_checkpoint {config.init_checkpoint} is a {gpt}, not the configured "
-          f"{model_config(config)}")
+          f"{config.model}")
   else:
-    params = model_lib.init_params(model_config(config), init_key)
+    params = model_lib.init_params(config.model, init_key)
   return dict(params=params, opt_state=optimizer.init(params), step=jnp.int32(0),
               key=jax.random.key_data(key))
 
 
-def saved_config(config: ml_collections.ConfigDict) -> dict:
-  """The config written beside checkpoints, with the resolved model fields and the vocabulary."""
-  d = config.to_dict()
-  d["model"] = dict(vars(model_config(config)))
-  d["vocabulary"] = tokenizer.DEFAULT.to_dict()
-  return d
-
-
-def progress_report(params, gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict) -> str:
+def progress_report(params, gpt: model_lib.GPTConfig,
+                    config: pretrain_config_lib.PretrainConfig) -> str:
   """Greedy accuracy at N and N + 1 digits (varying suite), for progress lines."""
   n = config.pretrain_max_digits
   results = [evaluation.evaluate_suite(params, gpt, d, "varying", config.eval_num_examples,
@@ -226,16 +192,22 @@ def train(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = Fal
     divergence.DivergenceError: at the first step whose loss is not finite; no checkpoint is
       written after the last finite step.
   """
-  validate(config)
-  mesh = sharding.mesh_from_config(config)
+  saved = saved_config(config)
+  return _train(pretrain_config_lib.PretrainConfig.from_config_dict(config), saved, workdir,
+                overwrite, log, resume_previous)
+
+
+def _train(config: pretrain_config_lib.PretrainConfig, saved: dict, workdir: str,
+           overwrite: bool, log, resume_previous: bool) -> dict[str, Any]:
+  """`train` on the typed config; `saved` is written beside the checkpoints."""
+  mesh = sharding.mesh_from_shape(*config.mesh_shape)
   if mesh is not None:
     sharding.check_batch(config.batch_size, mesh)
   if not distributed.is_main():
     log = lambda *_: None
-  gpt = model_config(config)
+  gpt = config.model
   optimizer = make_optimizer(config)
   mngr = checkpoints.manager(checkpoints.prepare_workdir(workdir, overwrite))
-  saved = saved_config(config)
   state = init_state(config, optimizer)
   if mesh is not None:
     # Placed before restoring, so that Orbax restores each process's shards onto the mesh.

@@ -14,6 +14,7 @@ import pytest
 
 from critical_kl import model as model_lib
 from critical_kl import pretrain
+from critical_kl import pretrain_config
 from critical_kl import rl_config
 from critical_kl import task as task_lib
 from critical_kl.configs import paper_pretrain
@@ -38,8 +39,7 @@ def shapes(gpt: model_lib.GPTConfig):
 def test_pretrain_config_builds_the_85m_model(n):
   config = load("paper_pretrain", str(n))
   assert config.pretrain_max_digits == n
-  pretrain.validate(config)
-  gpt = pretrain.model_config(config)
+  gpt = pretrain_config.PretrainConfig.from_config_dict(config).model
   assert (gpt.n_layer, gpt.n_head, gpt.n_embd) == (12, 12, 768)
   params = shapes(gpt)
   blocks = sum(model_lib.num_params(params[f"h_{i}"]) for i in range(12))

@@ -15,6 +15,7 @@ from critical_kl import rl
 from critical_kl import rl_config
 from critical_kl import runs as runs_lib
 from critical_kl import runs_evaluation
+from critical_kl import sampling
 from critical_kl import task as task_lib
 from critical_kl import token_weights
 from critical_kl.configs import rl_default
@@ -240,5 +241,7 @@ def test_runs_share_one_rollout_loop(tiny_model):
   accuracy = jax.make_jaxpr(runs_evaluation.make_runs_accuracy(gpt, task.max_new_tokens, 1.0,
                                                                True))(
       state.params, jax.tree_util.tree_map(lambda x: x[0], batch.problems), jax.random.key(0))
-  assert loop_predicate_shapes(iteration.jaxpr) == [()]
-  assert loop_predicate_shapes(accuracy.jaxpr) == [()]
+  # One loop per piece of the rollout (`sampling.segment_ends`), each on a scalar predicate.
+  pieces = len(sampling.segment_ends(task.max_new_tokens, sampling.SEGMENTS))
+  assert loop_predicate_shapes(iteration.jaxpr) == [()] * pieces
+  assert loop_predicate_shapes(accuracy.jaxpr) == [()] * pieces

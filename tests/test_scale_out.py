@@ -20,6 +20,7 @@ from critical_kl import arms
 from critical_kl import distributed
 from critical_kl import finetune
 from critical_kl import pretrain
+from critical_kl import pretrain_config
 from critical_kl import rl
 from critical_kl import rl_config as rl_config_lib
 from critical_kl import runs
@@ -230,7 +231,7 @@ def test_cli_indivisible_batch_is_one_error_line(tmp_path):
 
 def test_process_slices_concatenate_to_the_global_batch():
   """What each process encodes: its rows of the one global batch, whatever the process count."""
-  c = _pretrain_config(batch_size=12)
+  c = pretrain_config.PretrainConfig.from_config_dict(_pretrain_config(batch_size=12))
   whole = pretrain.make_batch(c, 7)
   for parts in (2, 3, 4):
     slices = [pretrain.make_batch(c, 7, rows) for rows in np.array_split(np.arange(12), parts)]

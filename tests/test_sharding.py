@@ -16,6 +16,7 @@ import pytest
 from critical_kl import arms
 from critical_kl import checkpoints
 from critical_kl import pretrain
+from critical_kl import pretrain_config
 from critical_kl import rl
 from critical_kl import rl_config as rl_config_lib
 from critical_kl import sharding
@@ -42,8 +43,8 @@ def _pretrain_config(**overrides):
 def _pretrain_step(state, mesh):
   """One pre-train step, on one device when `mesh` is None; returns dict(loss, grads, params),
   the gradients those of the loss before the optimizer, computed on the same placement."""
-  c = _pretrain_config()
-  gpt, optimizer = pretrain.model_config(c), pretrain.make_optimizer(c)
+  c = pretrain_config.PretrainConfig.from_config_dict(_pretrain_config())
+  gpt, optimizer = c.model, pretrain.make_optimizer(c)
   batch = pretrain.make_batch(c, 0)
   if mesh is not None:
     state = sharding.place_state(state, mesh)
@@ -67,8 +68,8 @@ def _rl_iteration(state, ref_params, gpt, task, config, mesh):
 
 
 def _indivisible_batch_error(mesh) -> str:
-  c = _pretrain_config(batch_size=10)
-  gpt, optimizer = pretrain.model_config(c), pretrain.make_optimizer(c)
+  c = pretrain_config.PretrainConfig.from_config_dict(_pretrain_config(batch_size=10))
+  gpt, optimizer = c.model, pretrain.make_optimizer(c)
   state = jax.eval_shape(lambda: pretrain.init_state(c, optimizer))
   step = pretrain.make_train_step(gpt, optimizer, state, mesh)
   try:
@@ -84,7 +85,7 @@ def _worker(out_dir: str, model_path: str) -> None:
   results.npz holds the leaves of {phase: {"initial" | "single" | mesh: results}}, keyed by path.
   """
   assert jax.device_count() == 8, jax.devices()
-  c = _pretrain_config()
+  c = pretrain_config.PretrainConfig.from_config_dict(_pretrain_config())
   optimizer = pretrain.make_optimizer(c)
   # One compiled initialization instead of a compile per eager operation.
   pre_state = jax.jit(lambda: pretrain.init_state(c, optimizer))()
