@@ -69,10 +69,10 @@ def _grow(cache: tuple, length: int) -> tuple:
   return jax.tree_util.tree_map(grow, cache)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "temperature", "greedy",
+@functools.partial(jax.jit, static_argnames=("gpt", "max_new_tokens", "temperature", "greedy",
                                              "failure_reward", "axis_name", "rules",
                                              "segments"))
-def rollout(params, config: model_lib.GPTConfig, problems, key: jax.Array, *, rules,
+def rollout(params, gpt: model_lib.GPTConfig, problems, key: jax.Array, *, rules,
             max_new_tokens: int, temperature: float = 1.0, greedy: bool = False,
             failure_reward: float = -1.0, axis_name: str | None = None,
             segments: int = SEGMENTS) -> trajectory_lib.Trajectory:
@@ -80,7 +80,7 @@ def rollout(params, config: model_lib.GPTConfig, problems, key: jax.Array, *, ru
 
   Args:
     params: GPT parameters.
-    config: the GPT's config.
+    gpt: the GPT's config.
     problems: B encoded problems (e.g. `task.Problems`): prompts [B, P], prompt_lengths [B] and
       whatever `rules.step` reads.
     key: PRNG key (unused when greedy).
@@ -110,19 +110,19 @@ def rollout(params, config: model_lib.GPTConfig, problems, key: jax.Array, *, ru
   """
   if temperature <= 0:
     raise ValueError(f"temperature must be > 0, got {temperature}")
-  if rules.vocab_size != config.vocab_size:
+  if rules.vocab_size != gpt.vocab_size:
     raise ValueError(f"a vocabulary of {rules.vocab_size} tokens for a model of vocab_size "
-                     f"{config.vocab_size}: pass the model's own vocabulary")
+                     f"{gpt.vocab_size}: pass the model's own vocabulary")
   batch, prompt_len = problems.prompts.shape
   total = prompt_len + max_new_tokens
-  if total > config.block_size:
+  if total > gpt.block_size:
     raise ValueError(f"prompt ({prompt_len}) + max_new_tokens ({max_new_tokens}) exceeds the "
-                     f"model's block_size ({config.block_size})")
+                     f"model's block_size ({gpt.block_size})")
   pad = jnp.full((batch, max_new_tokens), rules.pad_id, jnp.int32)
   tokens = jnp.concatenate([problems.prompts.astype(jnp.int32), pad], axis=1)
   ends = segment_ends(max_new_tokens, segments)
-  cache = model_lib.init_cache(config, batch, prompt_len + ends[0])
-  out = model_lib.decode(params, config, problems.prompts, cache, jnp.zeros(batch, jnp.int32))
+  cache = model_lib.init_cache(gpt, batch, prompt_len + ends[0])
+  out = model_lib.decode(params, gpt, problems.prompts, cache, jnp.zeros(batch, jnp.int32))
   last = (problems.prompt_lengths - 1)[:, None]
   zeros = jnp.zeros((batch, total), jnp.float32)
   init = _State(
@@ -145,7 +145,7 @@ def rollout(params, config: model_lib.GPTConfig, problems, key: jax.Array, *, ru
     pos = problems.prompt_lengths + s.step
     episode, ending, correct = rules.step(s.episode, action, s.step, problems, max_new_tokens)
     reward = jnp.where(correct > 0, 1.0, failure_reward)
-    out = model_lib.decode(params, config, action[:, None], s.cache, pos)
+    out = model_lib.decode(params, gpt, action[:, None], s.cache, pos)
     return _State(
         step=s.step + 1, key=key, logits=out.logits[:, 0], value=out.values[:, 0],
         cache=out.cache, episode=episode, tokens=_put(s.tokens, pos, action, active),

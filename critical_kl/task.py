@@ -76,11 +76,11 @@ def encode_problems(operands: np.ndarray, prompt_length: int | None = None,
 
 def critical_positions(operands: np.ndarray, n_max: int, prompt_lengths, total: int) -> np.ndarray:
   """bool [B, total]: buffer positions of the critical tokens of each problem's correct
-  completion (`arithmetic.critical_mask`), the completion starting at `prompt_lengths` [B]."""
+  completion (`arithmetic.critical_tokens`), the completion starting at `prompt_lengths` [B]."""
   mask = np.zeros((len(operands), total), bool)
   for row, ((a, b), start) in enumerate(zip(operands, np.asarray(prompt_lengths))):
-    offsets = np.flatnonzero(arithmetic.critical_mask(int(a), int(b), n_max))
-    mask[row, start + offsets] = True
+    offsets = [t["offset"] for t in arithmetic.critical_tokens(int(a), int(b), n_max)]
+    mask[row, start + np.asarray(offsets, int)] = True
   return mask
 
 

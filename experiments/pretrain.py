@@ -21,7 +21,6 @@ from critical_kl import checkpoints
 from critical_kl import distributed
 from critical_kl import evaluation
 from critical_kl import pretrain
-from critical_kl import sharding
 from experiments import _cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", _cli.config_path("pretrain_default"),
@@ -40,7 +39,7 @@ def main(_):
   state = pretrain.train(config, _WORKDIR.value, overwrite=_OVERWRITE.value,
                          resume_previous=_RESUME_PREVIOUS.value)
   params = distributed.host_local(state["params"])  # a collective: every process calls it
-  if sharding.mesh_from_config(config) is not None:
+  if (config.sharding.data, config.sharding.params) != (1, 1):
     # Plain host arrays: the exported model loads on any number of devices.
     params = jax.device_get(params)
   gpt = pretrain.model_config(config)

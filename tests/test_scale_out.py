@@ -146,7 +146,8 @@ def _process_worker(out: str, model_path: str, index: str, port: str) -> None:
   distributed.sync("dropped the last checkpoint")
   state = pretrain.train(c, workdir, log=logs.append)
   params = distributed.host_local(state["params"])
-  rows = sharding.process_rows(c.batch_size, sharding.mesh_from_config(c)).tolist()
+  mesh = sharding.mesh_from_shape(c.sharding.data, c.sharding.params)
+  rows = sharding.process_rows(c.batch_size, mesh).tolist()
   _save(os.path.join(out, f"params_{index}.npz"), params)
   runs_evaluation.Evaluator = _ParameterSums
   c = _rl_config(model_path)
@@ -253,8 +254,10 @@ def test_one_process_holds_every_row():
 
 
 def test_default_configs_stay_on_one_device():
-  assert sharding.mesh_from_config(pretrain_default.get_config()) is None
-  assert sharding.mesh_from_config(rl_default.get_config()) is None
+  pre = pretrain_config.PretrainConfig.from_config_dict(pretrain_default.get_config())
+  rl_typed = rl_config_lib.RLConfig.from_config_dict(rl_default.get_config())
+  assert pre.mesh_shape == rl_typed.mesh_shape == (1, 1)
+  assert sharding.mesh_from_shape(*pre.mesh_shape) is None
 
 
 def _free_port() -> int:

@@ -196,9 +196,11 @@ def test_mesh_must_use_every_device():
 
 def test_config_selects_the_mesh():
   c = pretrain_default.get_config()
-  assert sharding.mesh_from_config(c) is None
+  shape = lambda: pretrain_config.PretrainConfig.from_config_dict(c).mesh_shape
+  assert shape() == (1, 1) and sharding.mesh_from_shape(*shape()) is None
   c.sharding = dict(data=0, params=1)
-  assert sharding.mesh_from_config(c).shape == {"data": jax.device_count(), "params": 1}
+  assert shape() == (0, 1)
+  assert sharding.mesh_from_shape(*shape()).shape == {"data": jax.device_count(), "params": 1}
 
 
 if __name__ == "__main__":
