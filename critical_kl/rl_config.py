@@ -85,6 +85,7 @@ class RLConfig:
         critical_eval_problems=config.critical_eval_problems,
         matched_problems=config.matched_problems, checkpoint_every=config.checkpoint_every,
         mesh_shape=(1, 1) if sharding is None else (sharding.data, sharding.params))
+    # The ranges first, then the arm list: a bad β is reported as out of range.
     typed.validate()
     return dataclasses.replace(typed, arms=arms_lib.parse(config.arms, config.beta))
 
