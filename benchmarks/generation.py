@@ -16,6 +16,7 @@ import numpy as np
 from critical_kl import arithmetic
 from critical_kl import model as model_lib
 from critical_kl import sampling
+from critical_kl import task as task_lib
 from critical_kl import tokenizer
 from benchmarks import common
 
@@ -23,12 +24,12 @@ from benchmarks import common
 TARGET_SPEEDUP = 10.0
 
 
-def generation_prompts(config: ml_collections.ConfigDict, batch: int) -> sampling.Problems:
+def generation_prompts(config: ml_collections.ConfigDict, batch: int) -> task_lib.Problems:
   """`batch` pre-training problems, prompts padded to the longest N-digit prompt."""
   rng = np.random.default_rng([config.seed, batch])
   operands = arithmetic.sample_balanced(rng, batch, config.pretrain_max_digits)
   largest = 10**config.pretrain_max_digits - 1
-  return sampling.encode_problems(operands, len(arithmetic.prompt(largest, largest)))
+  return task_lib.encode_problems(operands, len(arithmetic.prompt(largest, largest)))
 
 
 @functools.partial(jax.jit, static_argnames=("gpt", "num_new", "steps"))
@@ -66,19 +67,20 @@ def recomputed_greedy(params, gpt: model_lib.GPTConfig, prompts, prompt_lengths,
   return jax.lax.fori_loop(0, steps, step, jnp.concatenate([prompts.astype(jnp.int32), pad], 1))
 
 
-def measure_cached_generation(params, gpt: model_lib.GPTConfig, problems: sampling.Problems,
+def measure_cached_generation(params, gpt: model_lib.GPTConfig, problems: task_lib.Problems,
                               num_new: int, reps: int) -> float:
   """Generated tokens/s of greedy `sampling.rollout` (prefill of the prompts included).
 
   `params` should never sample PAD (`common.never_pad`); the tokens counted are those generated.
   """
   key = jax.random.key(0)
-  seconds, traj = common.timeit(lambda: sampling.rollout(
-      params, gpt, problems, key, max_new_tokens=num_new, greedy=True), reps)
+  rollout = lambda: sampling.rollout(params, gpt, problems, key, rules=task_lib.RULES,
+                                     max_new_tokens=num_new, greedy=True)
+  seconds, traj = common.timeit(rollout, reps)
   return float(jnp.sum(traj.lengths)) / seconds
 
 
-def measure_recomputed_generation(params, gpt: model_lib.GPTConfig, problems: sampling.Problems,
+def measure_recomputed_generation(params, gpt: model_lib.GPTConfig, problems: task_lib.Problems,
                                   num_new: int, steps: int, reps: int) -> float:
   """Generated tokens/s of `recomputed_greedy`, timing `steps` of its `num_new` tokens."""
   seconds, _ = common.timeit(lambda: recomputed_greedy(
@@ -86,7 +88,7 @@ def measure_recomputed_generation(params, gpt: model_lib.GPTConfig, problems: sa
   return problems.prompts.shape[0] * steps / seconds
 
 
-def measure_generation(params, gpt: model_lib.GPTConfig, problems: sampling.Problems, *,
+def measure_generation(params, gpt: model_lib.GPTConfig, problems: task_lib.Problems, *,
                        gen_tokens: int, recompute_tokens: int, reps: int, log=print) -> dict:
   """The generation figures of one model; `recompute_tokens` 0 skips recomputation."""
   log("  cached generation")

@@ -5,7 +5,7 @@ benchmark's config (A2C, one update over all the episodes of a collect):
 
   1. `generate()` with its KV cache, sampling at temperature τ from the whole distribution
      (top_k=0), on the prompts left-padded as Hugging Face decoders expect;
-  2. the episode rules and reward of `critical_kl.sampling` on the host: an episode ends at the
+  2. the episode rules and reward of `critical_kl.task` on the host: an episode ends at the
      newline after `</scratch>\\n`, at the padding token or at its length limit;
   3. a frozen reference forward: log-probabilities at τ, the certainty Ĵ and the token weights
      (1 − b)·Ĵ^β + b;
@@ -22,19 +22,24 @@ import math
 import time
 from typing import NamedTuple
 
-import ml_collections
 import numpy as np
 import torch
 import transformers
 
 from critical_kl import arithmetic
 from critical_kl import model as model_lib
-from critical_kl import sampling
+from critical_kl import rl_config as rl_config_lib
+from critical_kl import task as task_lib
 from critical_kl import tokenizer
 
 # The settings of the benchmark's RL config that this peer implements.
-SUPPORTED = dict(loss="a2c", estimator="k2", certainty_method="negentropy_max_prob",
+SUPPORTED = dict(objective="a2c", estimator="k2", certainty_method="negentropy_max_prob",
                  num_minibatches=1, kl_placement="loss", normalize_advantages=False, use_kl=True)
+
+
+def _setting(config: rl_config_lib.RLConfig, name: str):
+  """A field of the typed config or of its loss hyper-parameters."""
+  return getattr(config.loss, name) if hasattr(config.loss, name) else getattr(config, name)
 
 
 def versions() -> dict:
@@ -113,7 +118,7 @@ def left_pad(prompts, prompt_lengths) -> tuple[torch.Tensor, torch.Tensor]:
 
 def episode_lengths_and_rewards(generated: np.ndarray, expected: list[str],
                                 failure_reward: float) -> tuple[np.ndarray, np.ndarray]:
-  """The episode rules of `critical_kl.sampling` on generated tokens [B, N], on the host.
+  """The episode rules of `critical_kl.task` on generated tokens [B, N], on the host.
 
   Returns:
     lengths int [B], tokens up to and including the one that ends each episode, and the reward of
@@ -165,10 +170,10 @@ class Episodes(NamedTuple):
 class Peer:
   """The policy, its frozen reference and Adam: collects and updates as one RL iteration does."""
 
-  def __init__(self, params, gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict, *,
+  def __init__(self, params, gpt: model_lib.GPTConfig, config: rl_config_lib.RLConfig, *,
                beta: float, max_new_tokens: int, ref_params=None):
     """`ref_params`: the reference model's parameters, by default `params` (as in the benchmark)."""
-    wrong = {k: config[k] for k, v in SUPPORTED.items() if config[k] != v}
+    wrong = {k: _setting(config, k) for k, v in SUPPORTED.items() if _setting(config, k) != v}
     if wrong:
       raise ValueError(f"the eager PyTorch peer implements {SUPPORTED}, got {wrong}")
     torch.manual_seed(config.seed)
@@ -182,7 +187,7 @@ class Peer:
         max_new_tokens=max_new_tokens, bos_token_id=tokenizer.PAD_ID,
         eos_token_id=tokenizer.PAD_ID, pad_token_id=tokenizer.PAD_ID)
 
-  def collect(self, problems: sampling.Problems, max_new_tokens: int | None = None) -> Episodes:
+  def collect(self, problems: task_lib.Problems, max_new_tokens: int | None = None) -> Episodes:
     """One episode per problem, at most `max_new_tokens` tokens each (default: the limit)."""
     prompts, prompt_mask = left_pad(problems.prompts, problems.prompt_lengths)
     limit = {} if max_new_tokens is None else dict(max_new_tokens=max_new_tokens)
@@ -215,8 +220,9 @@ class Peer:
     mean = lambda x: (x * mask).sum() / mask.sum().clamp(min=1.0)
     entropy = -(log_probs.exp() * log_probs).sum(-1)
     kl = 0.5 * torch.square(logp - ref_logp)
-    return (-mean(logp * advantages) + c.value_coef * mean(torch.square(returns - values))
-            - c.entropy_coef * mean(entropy) + c.kl_coef * mean(weights * kl))
+    terms = c.loss
+    return (-mean(logp * advantages) + terms.value_coef * mean(torch.square(returns - values))
+            - terms.entropy_coef * mean(entropy) + terms.kl_coef * mean(weights * kl))
 
   def update(self, episodes: Episodes) -> float:
     """The reference pass, the loss, its gradient and one Adam step; returns the loss."""
@@ -235,7 +241,7 @@ class Peer:
     self.optimizer.step()
     return loss.item()
 
-  def iteration(self, problems: sampling.Problems, max_new_tokens: int | None = None) -> dict:
+  def iteration(self, problems: task_lib.Problems, max_new_tokens: int | None = None) -> dict:
     """`collect`, then `update`.
 
     Returns:
@@ -251,8 +257,8 @@ class Peer:
                 tokens=int(episodes.lengths.sum()), loss=loss)
 
 
-def measure(params, gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict,
-            problems: sampling.Problems, *, beta: float, max_new_tokens: int, reps: int,
+def measure(params, gpt: model_lib.GPTConfig, config: rl_config_lib.RLConfig,
+            problems: task_lib.Problems, *, beta: float, max_new_tokens: int, reps: int,
             threads: int | None = None, warmup_tokens: int = 8) -> dict:
   """The best of `reps` peer iterations on `problems`, after a short one that warms up
   allocations and creates Adam's moments.

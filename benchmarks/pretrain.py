@@ -9,6 +9,7 @@ import ml_collections
 
 from critical_kl import model as model_lib
 from critical_kl import pretrain
+from critical_kl import pretrain_config
 from benchmarks import common
 from benchmarks import generation
 
@@ -27,11 +28,12 @@ TARGET_PEAK_FRACTION = 0.4
 
 def measure_pretrain(config: ml_collections.ConfigDict, reps: int) -> dict:
   """Time of one pre-training step (forward, backward, AdamW update) on the batch of step 0."""
-  gpt = pretrain.model_config(config)
-  optimizer = pretrain.make_optimizer(config)
-  state = pretrain.init_state(config, optimizer)
-  train_step = pretrain.make_train_step(gpt, optimizer)
-  batch = [jnp.asarray(x) for x in pretrain.make_batch(config, 0)]
+  typed = pretrain_config.PretrainConfig.from_config_dict(config)
+  optimizer = pretrain.make_optimizer(typed)
+  state = pretrain.init_state(typed, optimizer)
+  train_step = pretrain.make_train_step(typed.model, optimizer)
+  batch = [jnp.asarray(x) for x in pretrain.make_batch(typed, 0)]
+  gpt = typed.model
   seconds, _ = common.timeit(lambda: train_step(state, *batch), reps)
   batch_size, length = batch[0].shape
   tokens = batch_size * length

@@ -23,14 +23,15 @@ import importlib.util
 from absl import flags
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from critical_kl import arms
 from critical_kl import model as model_lib
 from critical_kl import pretrain
 from critical_kl import rl as rl_lib
+from critical_kl import rl_config as rl_config_lib
 from critical_kl import runs as runs_lib
 from critical_kl import sampling
+from critical_kl import task as task_lib
 from critical_kl.configs import rl_default
 from benchmarks import common
 from experiments import _cli
@@ -86,18 +87,19 @@ def rl_setup(model_fields: dict, batch: int, max_digits: int | None = None):
   # One update step per iteration, like the eager PyTorch peer; the default config's five
   # minibatches do the same FLOPs in smaller matmuls.
   config.num_minibatches = 1
-  task = rl_lib.make_task(pretrain_config.pretrain_max_digits, config.extra_digits)
-  return pretrain.model_config(pretrain_config), config, task
+  task = task_lib.make_task(pretrain_config.pretrain_max_digits, config.extra_digits)
+  return (pretrain.model_config(pretrain_config), rl_config_lib.RLConfig.from_config_dict(config),
+          task)
 
 
-def first_arm(config: ml_collections.ConfigDict) -> tuple[arms.RunArms, float]:
+def first_arm(config: rl_config_lib.RLConfig) -> tuple[arms.RunArms, float]:
   """The first arm of `config.arms` as the `arms.RunArms` of one run [1], and its β."""
-  run = arms.run_arms(list(arms.parse(config.arms, config.beta))[:1])
+  run = arms.run_arms(list(config.arms[:1]))
   return run, float(run.beta[0])
 
 
-def measure_rl(params, gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict,
-               task: rl_lib.Task, batch: rl_lib.Batch, reps: int) -> dict:
+def measure_rl(params, gpt: model_lib.GPTConfig, config: rl_config_lib.RLConfig,
+               task: task_lib.Task, batch: task_lib.Batch, reps: int) -> dict:
   """Times `sampling.rollout` alone and a whole `runs.make_runs_iteration` call (R = 1 run).
 
   The update time (reference pass, GAE, one pass of minibatch updates) is the difference: the
@@ -107,7 +109,8 @@ def measure_rl(params, gpt: model_lib.GPTConfig, config: ml_collections.ConfigDi
   """
   key = jax.random.key(config.seed)
   rollout = jax.jit(lambda params, problems, key: sampling.rollout(
-      params, gpt, problems, key, max_new_tokens=task.max_new_tokens,
+      params, gpt, problems, key, rules=task_lib.episode_rules(task.vocabulary),
+      max_new_tokens=task.max_new_tokens,
       temperature=config.temperature, failure_reward=config.failure_reward))
   rollout_s, traj = common.time_compiled(rollout, (params, batch.problems, key), reps)
   args = (runs_lib.stack([rl_lib.init_state(params, config, key)]), first_arm(config)[0],
@@ -141,7 +144,7 @@ def load_peer():
   return peer_torch
 
 
-def benchmark_rl(gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict, task: rl_lib.Task,
+def benchmark_rl(gpt: model_lib.GPTConfig, config: rl_config_lib.RLConfig, task: task_lib.Task,
                  *, peak_gflops: float, reps: int, peer=None, peer_threads: int | None = None,
                  authors: float | None = None, log=print) -> dict:
   """The RL figures of one model: ours, then the peer's on the same weights and problems.
@@ -160,7 +163,8 @@ def benchmark_rl(gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict, ta
     peer's figures from `peer_torch.measure`), peer_tokens_per_s and ratio (None without `peer`).
   """
   params = common.never_pad(model_lib.init_params(gpt, jax.random.key(config.seed)))
-  batch = rl_lib.collect_batch(config, task, run_seed=0, iteration=0)
+  batch = task_lib.collect_batch(task, config.episodes_per_collect, config.seed, run_seed=0,
+                                 iteration=0)
   beta = first_arm(config)[1]
   figures = measure_rl(params, gpt, config, task, batch, reps)
   figures["peak_fraction"] = figures["gflops_per_s"] / peak_gflops

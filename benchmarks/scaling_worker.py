@@ -19,8 +19,10 @@ import numpy as np
 
 from critical_kl import model as model_lib
 from critical_kl import pretrain
+from critical_kl import pretrain_config
 from critical_kl import rl as rl_lib
 from critical_kl import sharding
+from critical_kl import task as task_lib
 from benchmarks import common
 from benchmarks import rl
 
@@ -59,8 +61,9 @@ def _pretrain_program(model_fields: dict, batch_size: int, mesh, concrete: bool)
     (jitted step, its arguments (state, tokens [B, L], positions [B, L], loss_mask [B, L]), B * L).
     With `concrete` False the arguments are `jax.ShapeDtypeStruct`s, enough to compile.
   """
-  config = common.task_config(model_fields, batch_size)
-  gpt = pretrain.model_config(config)
+  config = pretrain_config.PretrainConfig.from_config_dict(
+      common.task_config(model_fields, batch_size))
+  gpt = config.model
   optimizer = pretrain.make_optimizer(config)
   batch = tuple(pretrain.make_batch(config, 0))
   init = lambda: pretrain.init_state(config, optimizer)
@@ -84,7 +87,8 @@ def _rl_program(model_fields: dict, episodes: int, mesh, concrete: bool):
     With `concrete` False the arguments are `jax.ShapeDtypeStruct`s, enough to compile.
   """
   gpt, config, task = rl.rl_setup(model_fields, episodes)
-  batch = rl_lib.collect_batch(config, task, run_seed=0, iteration=0)
+  batch = task_lib.collect_batch(task, config.episodes_per_collect, config.seed, run_seed=0,
+                                 iteration=0)
   arm = jax.tree_util.tree_map(lambda x: x[0], rl.first_arm(config)[0])
   episode_sharding = sharding.batch_sharding(mesh)
 

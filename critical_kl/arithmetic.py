@@ -125,8 +125,10 @@ def critical_tokens(a: int, b: int, n_max: int) -> list[dict]:
     ("operand_1" or "operand_2"), `name`, `offset` (index into `scratchpad(a, b)`) and `char`.
   """
   _check_positive("n_max", n_max)
-  completion = scratchpad(a, b)
   lengths = (len(str(a)), len(str(b)))
+  if max(lengths) <= n_max:
+    return []  # in distribution: no critical token (and no scratchpad to build, for batches)
+  completion = scratchpad(a, b)
   tokens = []
   line_start = len(SCRATCH_OPEN)
   step_lines = _scratch_lines(a, b)[:-1]

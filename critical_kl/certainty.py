@@ -20,6 +20,13 @@ from critical_kl import softmax
 CERTAINTY_METHODS = ("negentropy", "negentropy_max_prob", "max_prob")
 
 
+def check_method(method: str) -> None:
+  """Raises ValueError naming the valid methods unless `method` is one of CERTAINTY_METHODS."""
+  if method not in CERTAINTY_METHODS:
+    raise ValueError(f"unknown certainty method {method!r}; valid names: "
+                     f"{', '.join(CERTAINTY_METHODS)}")
+
+
 def certainty(ref_logits: chex.Array,
               method: str = "negentropy_max_prob",
               temperature: float = 4.0) -> jnp.ndarray:

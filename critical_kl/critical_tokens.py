@@ -1,8 +1,9 @@
 """Critical tokens seen through the model (SPEC §6): certainty gap ΔĴ, probabilities, failures.
 
-`teacher_forced` runs the model once over the *correct* prompt + completion of each problem and
-returns, for every completion character, the model's probability of that character, its certainty Ĵ
-there, its most likely token and whether the character is a critical token. The rest are pure
+`teacher_forced` runs the model once over the *correct* prompt + completion of each problem
+(`task.correct_completions`, scored by `evaluation.teacher_forced_scores`) and returns, for every
+completion character, the model's probability of that character, its certainty Ĵ there, its most
+likely token and whether the character is a critical token. The rest are pure
 functions of those arrays (or of generated texts), so they can be tested on hand-made numbers:
 
 - `certainty_gap`: ΔĴ of paper Table 1, critical tokens against all others;
@@ -25,10 +26,10 @@ import numpy as np
 
 from critical_kl import arithmetic
 from critical_kl import certainty as certainty_lib
-from critical_kl import losses
+from critical_kl import evaluation
 from critical_kl import model as model_lib
+from critical_kl import task as task_lib
 from critical_kl import tokenizer
-from critical_kl import trajectory
 
 # The generated "character" at a first error where the generation stopped before the expected text.
 END = "<end>"
@@ -79,10 +80,10 @@ def _predict(params, gpt_config: model_lib.GPTConfig, tokens: jnp.ndarray, tempe
     logp [B, T] (at `temperature`), certainty [B, T] and argmax int32 [B, T], entry t about token t
     given tokens [:t]; entry 0 has no prefix and is meaningless.
   """
-  logits = trajectory.align_to_tokens(model_lib.forward(params, gpt_config, tokens).logits)
-  logp, _ = losses.token_logp_and_entropy(logits, tokens, temperature)
-  certainty = certainty_lib.certainty(logits, certainty_method, certainty_temperature)
-  return logp, certainty, jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  scores = evaluation.teacher_forced_scores(params, gpt_config, tokens, temperature=temperature,
+                                            certainty_method=certainty_method,
+                                            certainty_temperature=certainty_temperature)
+  return scores.logp, scores.certainty, jnp.argmax(scores.logits, axis=-1).astype(jnp.int32)
 
 
 def _critical_names(a: int, b: int, n_max: int) -> np.ndarray:
@@ -91,12 +92,6 @@ def _critical_names(a: int, b: int, n_max: int) -> np.ndarray:
   for token in arithmetic.critical_tokens(a, b, n_max):
     names[token["offset"]] = token["name"]
   return names.astype(str)
-
-
-def _check_method(certainty_method: str) -> None:
-  if certainty_method not in certainty_lib.CERTAINTY_METHODS:
-    raise ValueError(f"unknown certainty method {certainty_method!r}; valid names: "
-                     f"{', '.join(certainty_lib.CERTAINTY_METHODS)}")
 
 
 def teacher_forced(params, gpt_config: model_lib.GPTConfig, operands: np.ndarray, n_max: int, *,
@@ -123,16 +118,15 @@ def teacher_forced(params, gpt_config: model_lib.GPTConfig, operands: np.ndarray
   Returns:
     A `TeacherForced` with one array per problem.
   """
-  _check_method(certainty_method)
+  certainty_lib.check_method(certainty_method)
   if temperature <= 0 or certainty_temperature <= 0:
     raise ValueError(f"temperatures must be > 0, got {temperature} and {certainty_temperature}")
   operands = np.asarray(operands, dtype=np.int64).reshape(-1, 2)
   if not len(operands):
     raise ValueError("teacher_forced needs at least one problem")
   pairs = [(int(a), int(b)) for a, b in operands]
-  prompts = [arithmetic.prompt(a, b) for a, b in pairs]
-  completions = [arithmetic.scratchpad(a, b) for a, b in pairs]
-  tokens, lengths = vocabulary.encode_batch([p + c for p, c in zip(prompts, completions)])
+  correct = task_lib.correct_completions(operands, n_max, vocabulary=vocabulary)
+  tokens = correct.tokens
   if tokens.shape[1] > gpt_config.block_size:
     raise ValueError(f"the longest problem has {tokens.shape[1]} tokens, more than the model's "
                      f"block_size ({gpt_config.block_size})")
@@ -145,9 +139,9 @@ def teacher_forced(params, gpt_config: model_lib.GPTConfig, operands: np.ndarray
                    certainty_temperature)
     outputs.append([np.asarray(x)[:len(chunk)] for x in out])
   logp, certainty, argmax = (np.concatenate(parts) for parts in zip(*outputs))
-  spans = [slice(len(p), int(n)) for p, n in zip(prompts, lengths)]
+  spans = [slice(int(p), int(n)) for p, n in zip(correct.prompt_lengths, correct.lengths)]
   return TeacherForced(
-      operands=operands, completions=completions,
+      operands=operands, completions=[arithmetic.scratchpad(a, b) for a, b in pairs],
       targets=[tokens[i, s] for i, s in enumerate(spans)],
       probs=[np.exp(logp[i, s]) for i, s in enumerate(spans)],
       certainty=[certainty[i, s] for i, s in enumerate(spans)],

@@ -1,13 +1,58 @@
-"""Accuracy with bootstrap confidence intervals (SPEC §3), on the jitted KV-cache rollout."""
+"""How a model does on the task: accuracy with bootstrap confidence intervals (SPEC §3), on the
+jitted KV-cache rollout, and the one teacher-forced scorer (`teacher_forced_scores`: log-probs and
+certainty along given tokens) that the reference pass of RL, the critical-token probability and the
+critical-token analysis (`critical_tokens`) are built on. Stacked RL runs are evaluated by
+`runs_evaluation`.
+"""
+from typing import NamedTuple
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from critical_kl import arithmetic
+from critical_kl import certainty as certainty_lib
+from critical_kl import losses
 from critical_kl import model as model_lib
 from critical_kl import sampling
+from critical_kl import task as task_lib
 from critical_kl import tokenizer
+from critical_kl import trajectory as trajectory_lib
 
 MODES = ("identical", "varying")
+
+
+class TeacherScores(NamedTuple):
+  """A model's predictions along given tokens [B, T]; entry t is about token t given tokens[:t]
+  (entry 0 has no prefix and is meaningless).
+
+  Attributes:
+    logits: [B, T, V], aligned to the tokens (`trajectory.align_to_tokens`).
+    logp: [B, T], log π(token t | prefix) at the scorer's temperature.
+    certainty: [B, T], Ĵ of the prediction (`certainty.certainty`); None when not asked for.
+  """
+  logits: jnp.ndarray
+  logp: jnp.ndarray
+  certainty: jnp.ndarray
+
+
+def teacher_forced_scores(params, gpt: model_lib.GPTConfig, tokens, *, temperature: float = 1.0,
+                          certainty_method: str | None = None,
+                          certainty_temperature: float = 1.0) -> TeacherScores:
+  """One teacher-forced pass over tokens int32 [B, T]: logits, log-probs at `temperature` and,
+  with a `certainty_method`, Ĵ at `certainty_temperature`. Pure; jit it with its caller."""
+  logits = trajectory_lib.align_to_tokens(model_lib.forward(params, gpt, tokens).logits)
+  logp, _ = losses.token_logp_and_entropy(logits, tokens, temperature)
+  certainty = (None if certainty_method is None else
+               certainty_lib.certainty(logits, certainty_method, certainty_temperature))
+  return TeacherScores(logits, logp, certainty)
+
+
+def critical_probability(params, gpt: model_lib.GPTConfig, tokens, critical) -> jnp.ndarray:
+  """Mean π(correct token | correct prefix) over the critical tokens, at temperature 1 (SPEC §6,
+  the paper's Figures 4 and 7): tokens [B, T] a `task.TeacherSet`'s, critical float [B, T]."""
+  logp = teacher_forced_scores(params, gpt, tokens).logp
+  return losses.masked_mean(jnp.exp(logp), critical)
 
 
 def bootstrap_ci(successes, num_resamples: int = 2000, seed: int = 0,
@@ -41,10 +86,11 @@ def solve(params, gpt: model_lib.GPTConfig, operands: np.ndarray, key: jax.Array
   for start in range(0, len(operands), batch_size):
     chunk = operands[start:start + batch_size]
     padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), axis=0)])
-    problems = sampling.encode_problems(padded, prompt_length, vocabulary)
+    problems = task_lib.encode_problems(padded, prompt_length, vocabulary)
     key, sub = jax.random.split(key)
-    traj = sampling.rollout(params, gpt, problems, sub, max_new_tokens=arithmetic.max_episode_length(max_digits),
-                            temperature=temperature, greedy=greedy, vocabulary=vocabulary)
+    traj = sampling.rollout(params, gpt, problems, sub, rules=task_lib.episode_rules(vocabulary),
+                            max_new_tokens=arithmetic.max_episode_length(max_digits),
+                            temperature=temperature, greedy=greedy)
     solved.append(np.asarray(traj.solved)[:len(chunk)])
     texts.extend(sampling.completions(traj, vocabulary)[:len(chunk)])
   return np.concatenate(solved), texts

@@ -35,48 +35,16 @@ from critical_kl import distributed
 from critical_kl import divergence
 from critical_kl import evaluation
 from critical_kl import model as model_lib
+from critical_kl import pretrain_config as pretrain_config_lib
 from critical_kl import sharding
-from critical_kl import tokenizer
+from critical_kl import task as task_lib
 
-def model_config(config: ml_collections.ConfigDict) -> model_lib.GPTConfig:
-  """The GPTConfig of a run; block_size 0 means: fit a rollout on N + 3 digits."""
-  fields = config.model.to_dict()
-  if not fields["block_size"]:
-    longest = config.pretrain_max_digits + 3
-    needed = arithmetic.max_sequence_length(longest) + arithmetic.EPISODE_SLACK
-    fields["block_size"] = -(-needed // 64) * 64
-  return model_lib.GPTConfig(**fields)
+# The ConfigDict readers of pre-training, where the loop's entry and the mains use them.
+model_config = pretrain_config_lib.model_config
+saved_config = pretrain_config_lib.saved_config
 
 
-def validate(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError on settings that cannot run."""
-  if config.pretrain_max_digits < 1:
-    raise ValueError(f"pretrain_max_digits must be >= 1, got {config.pretrain_max_digits}")
-  for name in ("batch_size", "num_steps", "log_every", "checkpoint_every"):
-    if config[name] < 1:
-      raise ValueError(f"{name} must be >= 1, got {config[name]}")
-  if config.learning_rate <= 0:
-    raise ValueError(f"learning_rate must be > 0, got {config.learning_rate}")
-  if config.get("ensemble_members", 0) < 0:
-    raise ValueError(f"ensemble_members must be >= 0, got {config.ensemble_members}")
-  if config.get("ensemble_members", 0) and sharding.mesh_from_config(config) is not None:
-    raise ValueError("an ensemble (ensemble_members > 0) trains on one device; set "
-                     "sharding.data = sharding.params = 1")
-  if config.held_out_digits < 0 or not 0 <= config.held_out_fraction <= 1:
-    raise ValueError(f"held_out_digits must be >= 0 and held_out_fraction in [0, 1], got "
-                     f"{config.held_out_digits} and {config.held_out_fraction}")
-  gpt = model_config(config)
-  needed = arithmetic.max_sequence_length(_longest_operand(config))
-  if gpt.block_size < needed:
-    raise ValueError(f"block_size {gpt.block_size} cannot hold a {config.pretrain_max_digits}-digit "
-                     f"problem ({needed} tokens)")
-
-
-def _longest_operand(config: ml_collections.ConfigDict) -> int:
-  return config.pretrain_max_digits + config.held_out_digits
-
-
-def _sample_problems(config: ml_collections.ConfigDict, rng: np.random.Generator):
+def _sample_problems(config: pretrain_config_lib.PretrainConfig, rng: np.random.Generator):
   """The operands [B, 2] of one batch and bool [B]: the row is a held-out-decision problem."""
   n, batch = config.pretrain_max_digits, config.batch_size
   operands = arithmetic.sample_balanced(rng, batch, n)
@@ -99,7 +67,8 @@ def held_out_mask(a: int, b: int, n_max: int) -> np.ndarray:
   return mask
 
 
-def make_batch(config: ml_collections.ConfigDict, step: int, rows: np.ndarray | None = None):
+def make_batch(config: pretrain_config_lib.PretrainConfig, step: int,
+               rows: np.ndarray | None = None):
   """The training batch of `step`, or its rows `rows` (default: all B = config.batch_size).
 
   The random draws are those of the whole batch whatever `rows` is, so make_batch(c, s, rows)
@@ -114,27 +83,24 @@ def make_batch(config: ml_collections.ConfigDict, step: int, rows: np.ndarray | 
   operands, longer = _sample_problems(config, rng)
   if rows is not None:
     operands, longer = operands[rows], longer[rows]
-  prompts = [arithmetic.prompt(int(a), int(b)) for a, b in operands]
-  texts = [p + arithmetic.scratchpad(int(a), int(b)) for p, (a, b) in zip(prompts, operands)]
-  length = arithmetic.max_sequence_length(_longest_operand(config))
-  tokens, lengths = tokenizer.encode_batch(texts, length=length)
-  prompt_lengths = np.array([len(p) for p in prompts])
+  length = arithmetic.max_sequence_length(config.longest_operand)
+  correct = task_lib.correct_completions(operands, config.pretrain_max_digits, length)
+  tokens, prompt_lengths, loss_mask = correct.tokens, correct.prompt_lengths, correct.mask
   index = np.arange(length)[None, :]
-  loss_mask = (index >= prompt_lengths[:, None]) & (index < lengths[:, None])
   for row in np.flatnonzero(longer):
     a, b = (int(x) for x in operands[row])
     held = np.flatnonzero(held_out_mask(a, b, config.pretrain_max_digits))
     loss_mask[row, prompt_lengths[row] + held] = False
-  offsets = np.zeros((len(texts), 1), np.int64)
+  offsets = np.zeros((len(operands), 1), np.int64)
   if config.random_start_positions:
-    offsets = rng.integers(0, model_config(config).block_size - length + 1,
+    offsets = rng.integers(0, config.model.block_size - length + 1,
                            size=(config.batch_size, 1))
     if rows is not None:
       offsets = offsets[rows]
   return tokens, (offsets + index).astype(np.int32), loss_mask.astype(np.float32)
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(config: pretrain_config_lib.PretrainConfig) -> optax.GradientTransformation:
   schedule = optax.warmup_cosine_decay_schedule(
       0.0, config.learning_rate, config.warmup_steps, max(config.num_steps, config.warmup_steps + 1),
       end_value=config.learning_rate * config.min_learning_rate_ratio)
@@ -190,39 +156,26 @@ def make_train_step(gpt: model_lib.GPTConfig, optimizer: optax.GradientTransform
   return sharded_step
 
 
-def members(config: ml_collections.ConfigDict) -> int:
-  """K, the ensemble's members, or 0 for one plain model."""
-  return config.get("ensemble_members", 0)
-
-
-def member_config(config: ml_collections.ConfigDict, k: int) -> ml_collections.ConfigDict:
-  """The config of member k alone: seed + k, no ensemble."""
-  member = ml_collections.ConfigDict(config.to_dict())
-  member.seed = config.seed + k
-  member.ensemble_members = 0
-  return member
-
-
 def _stack(trees):
   return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)
 
 
-def init_state(config: ml_collections.ConfigDict, optimizer) -> dict[str, Any]:
+def init_state(config: pretrain_config_lib.PretrainConfig, optimizer) -> dict[str, Any]:
   """A fresh state; its parameters are those of `config.init_checkpoint` when it is set. For an
   ensemble, the members' states stacked on a leading axis."""
-  if members(config):
-    return _stack([init_state(member_config(config, k), optimizer)
-                   for k in range(members(config))])
+  if config.ensemble_members:
+    return _stack([init_state(config.member(k), optimizer)
+                   for k in range(config.ensemble_members)])
   key, init_key = jax.random.split(jax.random.key(config.seed))
   if config.init_checkpoint:
     params, gpt, saved = checkpoints.load_model(config.init_checkpoint)
     checkpoints.check_single(saved, f"init_checkpoint {config.init_checkpoint}")
-    if gpt != model_config(config):
+    if gpt != config.model:
       raise checkpoints.CheckpointError(
           f"init_checkpoint {config.init_checkpoint} is a {gpt}, not the configured "
-          f"{model_config(config)}")
+          f"{config.model}")
   else:
-    params = model_lib.init_params(model_config(config), init_key)
+    params = model_lib.init_params(config.model, init_key)
   return dict(params=params, opt_state=optimizer.init(params), step=jnp.int32(0),
               key=jax.random.key_data(key))
 
@@ -243,27 +196,25 @@ def make_members_step(gpt: model_lib.GPTConfig, optimizer: optax.GradientTransfo
   return jax.jit(members_step)
 
 
-def make_members_batch(config: ml_collections.ConfigDict, step: int):
+def make_members_batch(config: pretrain_config_lib.PretrainConfig, step: int):
   """The K members' batches of `step`, stacked: tokens, positions, loss_mask [K, B, L]."""
-  batches = [make_batch(member_config(config, k), step) for k in range(members(config))]
+  batches = [make_batch(config.member(k), step) for k in range(config.ensemble_members)]
   return tuple(np.stack(parts) for parts in zip(*batches))
 
 
-def saved_config(config: ml_collections.ConfigDict) -> dict:
-  """The config written beside checkpoints, with the resolved model fields and the vocabulary."""
-  d = config.to_dict()
-  d["model"] = dict(vars(model_config(config)))
-  d["vocabulary"] = tokenizer.DEFAULT.to_dict()
-  return d
+def member_params(params, k: int):
+  """Member k's parameters from an ensemble's stacked ones."""
+  return jax.tree_util.tree_map(lambda x: x[k], params)
 
 
-def progress_report(params, gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict) -> str:
+def progress_report(params, gpt: model_lib.GPTConfig,
+                    config: pretrain_config_lib.PretrainConfig) -> str:
   """Greedy accuracy at N and N + 1 digits (varying suite), for progress lines; one line per
   member of an ensemble."""
-  if members(config):
-    return "\n".join(f"  member {k}:" + progress_report(
-        jax.tree_util.tree_map(lambda x, k=k: x[k], params), gpt, member_config(config, k))[1:]
-                     for k in range(members(config)))
+  if config.ensemble_members:
+    return "\n".join(f"  member {k}:" + progress_report(member_params(params, k), gpt,
+                                                         config.member(k))[1:]
+                     for k in range(config.ensemble_members))
   n = config.pretrain_max_digits
   results = [evaluation.evaluate_suite(params, gpt, d, "varying", config.eval_num_examples,
                                        seed=config.seed) for d in (n, n + 1)]
@@ -287,16 +238,22 @@ def train(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = Fal
     divergence.DivergenceError: at the first step whose loss is not finite; no checkpoint is
       written after the last finite step.
   """
-  validate(config)
-  mesh = sharding.mesh_from_config(config)
+  saved = saved_config(config)
+  return _train(pretrain_config_lib.PretrainConfig.from_config_dict(config), saved, workdir,
+                overwrite, log, resume_previous)
+
+
+def _train(config: pretrain_config_lib.PretrainConfig, saved: dict, workdir: str,
+           overwrite: bool, log, resume_previous: bool) -> dict[str, Any]:
+  """`train` on the typed config; `saved` is written beside the checkpoints."""
+  mesh = sharding.mesh_from_shape(*config.mesh_shape)
   if mesh is not None:
     sharding.check_batch(config.batch_size, mesh)
   if not distributed.is_main():
     log = lambda *_: None
-  gpt = model_config(config)
+  gpt = config.model
   optimizer = make_optimizer(config)
   mngr = checkpoints.manager(checkpoints.prepare_workdir(workdir, overwrite))
-  saved = saved_config(config)
   state = init_state(config, optimizer)
   if mesh is not None:
     # Placed before restoring, so that Orbax restores each process's shards onto the mesh.
@@ -305,10 +262,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, overwrite: bool = Fal
   if restored is not None:
     state = restored
     log(f"resumed from step {current_step(state)} in {mngr.directory}")
-  count = model_lib.num_params(state["params"]) // max(members(config), 1)
-  log(f"model: {count:,} parameters{f' × {members(config)} members' if members(config) else ''}, "
-      f"{gpt}")
-  if members(config):
+  members = config.ensemble_members
+  count = model_lib.num_params(state["params"]) // max(members, 1)
+  log(f"model: {count:,} parameters{f' × {members} members' if members else ''}, {gpt}")
+  if members:
     train_step = make_members_step(gpt, optimizer)
     batch = functools.partial(make_members_batch, config)
   elif mesh is None:

@@ -2,21 +2,18 @@
 
 A run is one seed of one arm (`rl`, `arms`). Its state, arms and problems are stacked along a new
 leading axis (`stack`), and every run advances through the same compiled iteration
-(`make_runs_iteration`) and is evaluated by the same compiled rollouts
-(`make_runs_accuracy`, `make_runs_critical_probability`). The axis is named (`vmap_runs`), so that
-rollouts inside stop when every run has finished instead of selecting per step.
+(`make_runs_iteration`); `runs_evaluation` evaluates them with the same compiled rollouts. The
+axis is named (`vmap_runs`), so that rollouts inside stop when every run has finished instead of
+selecting per step.
 """
 import jax
 import jax.numpy as jnp
-import ml_collections
 
-from critical_kl import losses
 from critical_kl import model as model_lib
 from critical_kl import rl
-from critical_kl import sampling
+from critical_kl import rl_config as rl_config_lib
 from critical_kl import sharding
-from critical_kl import tokenizer
-from critical_kl import trajectory as trajectory_lib
+from critical_kl import task as task_lib
 
 RUNS_AXIS = "runs"
 
@@ -32,8 +29,8 @@ def vmap_runs(make, in_axes):
   return jax.vmap(make(RUNS_AXIS), in_axes=in_axes, axis_name=RUNS_AXIS)
 
 
-def make_runs_iteration(gpt: model_lib.GPTConfig, config: ml_collections.ConfigDict,
-                        task: rl.Task, state: rl.RLState | None = None,
+def make_runs_iteration(gpt: model_lib.GPTConfig, config: rl_config_lib.RLConfig,
+                        task: task_lib.Task, state: rl.RLState | None = None,
                         mesh: jax.sharding.Mesh | None = None):
   """`rl.make_iteration` vmapped over runs and jitted, on one device or on a mesh.
 
@@ -45,7 +42,7 @@ def make_runs_iteration(gpt: model_lib.GPTConfig, config: ml_collections.ConfigD
     mesh: from `sharding.make_mesh`, or None for one device.
 
   Returns:
-    iteration(state, arm (`arms.RunArms` [R]), batch (`rl.Batch` [R, B, ...]), ref_params) →
+    iteration(state, arm (`arms.RunArms` [R]), batch (`task.Batch` [R, B, ...]), ref_params) →
     (state, metrics [R] each); the reference parameters are shared by all runs. On a mesh the
     metrics are replicated, "data" splits the runs when R divides evenly, else the episodes
     (`sharding.runs_split`), and host numpy arguments are placed here.
@@ -76,27 +73,3 @@ def make_runs_iteration(gpt: model_lib.GPTConfig, config: ml_collections.ConfigD
     batch = sharding.place_host_copies(batch, per_episode)
     return step(state, arm, batch, ref_params)
   return sharded_iteration
-
-
-def make_runs_accuracy(gpt: model_lib.GPTConfig, max_new_tokens: int, temperature: float,
-                       greedy: bool, vocabulary: tokenizer.Vocabulary = tokenizer.DEFAULT):
-  """accuracy(params [R, ...], problems [B, P], key) → [R] share of problems solved."""
-  def make(axis_name):
-    def accuracy(params, problems, key):
-      traj = sampling.rollout(params, gpt, problems, key, max_new_tokens=max_new_tokens,
-                              temperature=temperature, greedy=greedy, axis_name=axis_name,
-                              vocabulary=vocabulary)
-      return jnp.mean(traj.solved.astype(jnp.float32))
-    return accuracy
-  return jax.jit(vmap_runs(make, in_axes=(0, None, None)))
-
-
-def make_runs_critical_probability(gpt: model_lib.GPTConfig):
-  """probability(params [R, ...], `rl.TeacherSet`) → [R] mean π(correct token | correct prefix)
-  over critical tokens, at temperature 1 (SPEC §6, the paper's Figures 4 and 7)."""
-  def probability(params, tokens, critical):
-    logits = trajectory_lib.align_to_tokens(model_lib.forward(params, gpt, tokens).logits)
-    logp, _ = losses.token_logp_and_entropy(logits, tokens, 1.0)
-    return losses.masked_mean(jnp.exp(logp), critical)
-  vmapped = jax.jit(jax.vmap(probability, in_axes=(0, None, None)))
-  return lambda params, s: vmapped(params, jnp.asarray(s.tokens), jnp.asarray(s.critical))

@@ -20,12 +20,13 @@ Config: every pre-train and RL config has
       params=1))  # devices along "params"; 1: data parallel only
 
 data = params = 1 (the default), or no `sharding` field, means no mesh: one device, the plain
-jitted functions. Anything else builds a mesh over every device of every process, e.g.
+jitted functions. The typed configs (`rl_config.RLConfig`, `pretrain_config.PretrainConfig`) hold
+it as `mesh_shape`; `mesh_from_shape` turns it into the mesh. Anything else builds a mesh over every device of every process, e.g.
 `--config.sharding.data=0` (all devices) or `--config.sharding.data=4 --config.sharding.params=2`.
 
 Typical use (with mesh None, skip the placement: the builders return plain `jax.jit`s):
 
-  mesh = sharding.mesh_from_config(config)
+  mesh = sharding.mesh_from_shape(*config.mesh_shape)  # a typed config (`rl_config`, ...)
   state = sharding.place_state(state, mesh)                          # pre-training
   train_step = pretrain.make_train_step(gpt, optimizer, state, mesh)
 
@@ -41,7 +42,6 @@ import math
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -68,11 +68,12 @@ def make_mesh(data: int | None = None, params: int = 1, devices=None) -> Mesh:
                        devices=devices)
 
 
-def mesh_from_config(config: ml_collections.ConfigDict) -> Mesh | None:
-  """The mesh of `config.sharding` (see the module docstring), or None for one device."""
-  if "sharding" not in config or (config.sharding.data, config.sharding.params) == (1, 1):
+def mesh_from_shape(data: int, params: int) -> Mesh | None:
+  """The mesh of data × params devices (data 0: all devices // params), None for 1 × 1."""
+  if (data, params) == (1, 1):
     return None
-  return make_mesh(config.sharding.data or None, config.sharding.params)
+  return make_mesh(data or None, params)
+
 
 
 def _fsdp_spec(shape: tuple[int, ...], params_size: int, min_size: int) -> P:

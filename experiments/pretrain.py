@@ -21,7 +21,6 @@ from critical_kl import checkpoints
 from critical_kl import distributed
 from critical_kl import evaluation
 from critical_kl import pretrain
-from critical_kl import sharding
 from experiments import _cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", _cli.config_path("pretrain_default"),
@@ -40,15 +39,15 @@ def main(_):
   state = pretrain.train(config, _WORKDIR.value, overwrite=_OVERWRITE.value,
                          resume_previous=_RESUME_PREVIOUS.value)
   params = distributed.host_local(state["params"])  # a collective: every process calls it
-  if sharding.mesh_from_config(config) is not None:
+  if (config.sharding.data, config.sharding.params) != (1, 1):
     # Plain host arrays: the exported model loads on any number of devices.
     params = jax.device_get(params)
   gpt = pretrain.model_config(config)
   n = config.pretrain_max_digits
   if distributed.is_main():
-    members = pretrain.members(config)
+    members = config.get("ensemble_members", 0)
     for k in range(max(members, 1)):
-      model = jax.tree_util.tree_map(lambda x, k=k: x[k], params) if members else params
+      model = pretrain.member_params(params, k) if members else params
       if members:
         print(f"member {k}:")
       results = [evaluation.evaluate_suite(model, gpt, d, "varying", config.eval_num_examples,

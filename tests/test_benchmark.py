@@ -1,6 +1,7 @@
 """The benchmarks: their figures on a tiny model; greedy decoding without a cache equals rollout;
 the RL command's JSON; the eager PyTorch peer is our model, our episode rules, our GAE and our loss;
 the scale-out section on 2 simulated CPU devices."""
+import dataclasses
 import json
 import math
 import os
@@ -24,6 +25,7 @@ from critical_kl import losses
 from critical_kl import model as model_lib
 from critical_kl import pretrain as pretrain_lib
 from critical_kl import sampling
+from critical_kl import task as task_lib
 from critical_kl import token_weights
 from critical_kl import tokenizer
 from critical_kl import trajectory
@@ -58,7 +60,8 @@ def test_recomputed_greedy_matches_rollout():
   problems = generation.generation_prompts(config, 4)
   recomputed = generation.recomputed_greedy(params, gpt, problems.prompts,
                                             problems.prompt_lengths, 5, steps=5)
-  traj = sampling.rollout(params, gpt, problems, jax.random.key(0), max_new_tokens=5, greedy=True)
+  traj = sampling.rollout(params, gpt, problems, jax.random.key(0), rules=task_lib.RULES,
+                          max_new_tokens=5, greedy=True)
   np.testing.assert_array_equal(traj.lengths, 5)  # PAD is never sampled: every row runs to 5
   np.testing.assert_array_equal(recomputed, traj.tokens)
 
@@ -127,7 +130,7 @@ def test_peer_is_our_model(peer_torch):
   import torch  # pylint: disable=import-outside-toplevel
   gpt, _, task = _tiny_rl()
   params = model_lib.init_params(gpt, jax.random.key(0))
-  problems = sampling.encode_problems(np.array([[12, 34], [5, 7], [1, 23]]), task.prompt_length)
+  problems = task_lib.encode_problems(np.array([[12, 34], [5, 7], [1, 23]]), task.prompt_length)
   tokens, mask = peer_torch.left_pad(problems.prompts, problems.prompt_lengths)
   with torch.no_grad():
     logits, values = peer_torch.policy_from_params(params, gpt)(tokens, mask)
@@ -140,17 +143,17 @@ def test_peer_is_our_model(peer_torch):
 
 
 def test_peer_episode_rules_are_the_rollouts(peer_torch):
-  """Lengths and rewards equal those of `sampling.score_tokens`, the rollout's own rules."""
+  """Lengths and rewards equal those of `task.score_tokens`, the rollout's own rules."""
   operands = np.array([[12, 34], [12, 34], [5, 7], [5, 7]])
   limit = 200
   right = arithmetic.scratchpad(12, 34)
   texts = [right + "77", right.replace("4 6\n", "4 7\n") + "7", "\n<scr", "7" * limit]
   generated = np.stack([np.resize(tokenizer.encode(t.ljust(limit, "7")), limit) for t in texts])
   generated[2, 5] = tokenizer.PAD_ID
-  problems = sampling.encode_problems(operands)
+  problems = task_lib.encode_problems(operands)
   expected = [arithmetic.result(a, b) for a, b in operands]
   lengths, rewards = peer_torch.episode_lengths_and_rewards(generated, expected, -1.0)
-  state = sampling.score_tokens(generated, problems.expected, problems.expected_lengths, limit)
+  state = task_lib.score_tokens(generated, problems.expected, problems.expected_lengths, limit)
   np.testing.assert_array_equal(lengths, state.lengths)
   np.testing.assert_array_equal(lengths, [len(right), len(right), 6, limit])
   np.testing.assert_array_equal(rewards, np.where(state.solved, 1.0, -1.0))
@@ -175,8 +178,8 @@ def test_peer_update_gives_our_loss(peer_torch):
   params = model_lib.init_params(gpt, jax.random.key(0))
   ref_params = model_lib.init_params(gpt, jax.random.key(1))
   # Operands of two digits fill the prompts: left and right padding are the same buffer.
-  problems = sampling.encode_problems(np.array([[12, 34], [56, 78], [90, 11]]), task.prompt_length)
-  traj = sampling.rollout(params, gpt, problems, jax.random.key(2),
+  problems = task_lib.encode_problems(np.array([[12, 34], [56, 78], [90, 11]]), task.prompt_length)
+  traj = sampling.rollout(params, gpt, problems, jax.random.key(2), rules=task_lib.RULES,
                           max_new_tokens=task.max_new_tokens, temperature=config.temperature,
                           failure_reward=config.failure_reward)
   assert len(set(np.asarray(traj.lengths))) > 1  # PAD ends episodes at different lengths
@@ -187,8 +190,9 @@ def test_peer_update_gives_our_loss(peer_torch):
   traj = traj.replace(ref_logp=ref_logp, certainty=certainty)
   adv, ret = advantages.gae(traj.rewards, traj.values, traj.mask, config.gamma, config.lam)
   out = model_lib.forward(params, gpt, traj.tokens)
-  cfg = losses.LossConfig(estimator="k2", kl_coef=config.kl_coef, value_coef=config.value_coef,
-                          entropy_coef=config.entropy_coef, temperature=config.temperature)
+  terms = config.loss
+  cfg = losses.LossConfig(estimator="k2", kl_coef=terms.kl_coef, value_coef=terms.value_coef,
+                          entropy_coef=terms.entropy_coef, temperature=config.temperature)
   ours, _ = losses.a2c_loss(trajectory.align_to_tokens(out.logits),
                             trajectory.align_to_tokens(out.values), ref_logits, traj, adv, ret,
                             token_weights.prioritized_weights(certainty, 1.0), cfg)
@@ -208,7 +212,7 @@ def test_peer_update_gives_our_loss(peer_torch):
 def test_peer_runs_and_gives_a_positive_throughput(peer_torch):
   gpt, config, task = _tiny_rl()
   params = common.never_pad(model_lib.init_params(gpt, jax.random.key(0)))
-  problems = sampling.encode_problems(np.array([[12, 34], [5, 7], [1, 23]]), task.prompt_length)
+  problems = task_lib.encode_problems(np.array([[12, 34], [5, 7], [1, 23]]), task.prompt_length)
   figures = peer_torch.measure(params, gpt, config, problems, beta=150.0,
                                max_new_tokens=task.max_new_tokens, reps=1, threads=1)
   assert figures["tokens"] == 3 * task.max_new_tokens  # PAD is never sampled
@@ -218,7 +222,7 @@ def test_peer_runs_and_gives_a_positive_throughput(peer_torch):
 
 def test_peer_refuses_what_it_does_not_implement(peer_torch):
   gpt, config, task = _tiny_rl()
-  config.loss = "ppo"
+  config = dataclasses.replace(config, objective="ppo")
   with pytest.raises(ValueError, match="ppo"):
     peer_torch.Peer(model_lib.init_params(gpt, jax.random.key(0)), gpt, config, beta=0.0,
                     max_new_tokens=task.max_new_tokens)

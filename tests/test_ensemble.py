@@ -6,6 +6,7 @@ import pytest
 from conftest import adam_atol  # tests/ is on sys.path under pytest
 from critical_kl import checkpoints
 from critical_kl import pretrain
+from critical_kl import pretrain_config
 from critical_kl.configs import ensemble_n5
 from critical_kl.configs import pretrain_default
 
@@ -23,32 +24,29 @@ def tiny_config(**overrides):
   return c
 
 
-def _member(tree, k):
-  return jax.tree_util.tree_map(lambda x: x[k], tree)
-
-
 def test_members_are_the_models_trained_alone(tmp_path):
   """Member k of a K = 2 ensemble is the plain run of seed + k: own data, own initialization."""
   config = tiny_config(ensemble_members=2, seed=5)
   state = pretrain.train(config, str(tmp_path / "ensemble"), log=lambda _: None)
   assert jax.tree_util.tree_leaves(state["params"])[0].shape[0] == 2
   for k in range(2):
-    alone = pretrain.train(pretrain.member_config(config, k), str(tmp_path / f"alone{k}"),
+    alone = pretrain.train(tiny_config(seed=5 + k), str(tmp_path / f"alone{k}"),
                            log=lambda _: None)
     jax.tree_util.tree_map(
         lambda a, b: np.testing.assert_allclose(a, b, atol=adam_atol(config.learning_rate, 4)),
-        _member(state["params"], k), alone["params"])
-  first, second = (jax.tree_util.tree_leaves(_member(state["params"], k))[0] for k in (0, 1))
+        pretrain.member_params(state["params"], k), alone["params"])
+  first, second = (jax.tree_util.tree_leaves(pretrain.member_params(state["params"], k))[0]
+                   for k in (0, 1))
   assert not np.allclose(first, second)
 
 
 def test_members_batches_differ_and_follow_the_member_seed():
-  config = tiny_config(ensemble_members=3, seed=2)
+  config = pretrain_config.PretrainConfig.from_config_dict(tiny_config(ensemble_members=3, seed=2))
   tokens, positions, mask = pretrain.make_members_batch(config, step=7)
   assert tokens.shape[0] == positions.shape[0] == mask.shape[0] == 3
   for k in range(3):
-    np.testing.assert_array_equal(tokens[k], pretrain.make_batch(
-        pretrain.member_config(config, k), 7)[0])
+    alone = pretrain_config.PretrainConfig.from_config_dict(tiny_config(seed=2 + k))
+    np.testing.assert_array_equal(tokens[k], pretrain.make_batch(alone, 7)[0])
   assert not np.array_equal(tokens[0], tokens[1])
 
 
@@ -76,11 +74,14 @@ def test_ensemble_resumes_and_exports_stacked(tmp_path):
 
 def test_bad_ensemble_settings_raise():
   with pytest.raises(ValueError, match="ensemble_members"):
-    pretrain.validate(tiny_config(ensemble_members=-1))
+    pretrain_config.PretrainConfig.from_config_dict(tiny_config(ensemble_members=-1))
+  with pytest.raises(ValueError, match="one device"):
+    pretrain_config.PretrainConfig.from_config_dict(tiny_config(ensemble_members=2,
+                                                                sharding=dict(data=2, params=1)))
 
 
 def test_ensemble_config_starts_from_the_shipped_model():
   config = ensemble_n5.get_config()
   assert config.init_checkpoint == checkpoints.DEFAULT_MODEL
   assert config.ensemble_members >= 2
-  pretrain.validate(config)
+  pretrain_config.PretrainConfig.from_config_dict(config)

@@ -25,6 +25,7 @@ from critical_kl import finetune
 from critical_kl import model as model_lib
 from critical_kl import nanogpt_import
 from critical_kl import sampling
+from critical_kl import task as task_lib
 from critical_kl import tokenizer
 from critical_kl import trajectory as trajectory_lib
 from critical_kl.configs import rl_default
@@ -225,8 +226,8 @@ def test_episode_rules_use_their_vocabulary(imported):
            if text.endswith(EOT) else vocabulary.encode(text).tolist())
     ids[i, :len(row)] = row
   exp, exp_len = vocabulary.encode_batch([expected] * len(rows))
-  final = sampling.score_tokens(jnp.asarray(ids), jnp.asarray(exp), jnp.asarray(exp_len), 180,
-                                vocabulary)
+  final = task_lib.score_tokens(jnp.asarray(ids), jnp.asarray(exp), jnp.asarray(exp_len), 180,
+                                task_lib.episode_rules(vocabulary))
   assert len(right) < 180
   assert np.asarray(final.lengths).tolist() == [len(right), len(right), 31, 21, 180]
   assert np.asarray(final.termination).tolist() == [
@@ -238,15 +239,16 @@ def test_episode_rules_use_their_vocabulary(imported):
 def test_generation_with_their_vocabulary(imported):
   params, gpt, vocabulary, _ = imported
   operands = np.array([[5, 7], [12, 9], [3, 40]])
-  problems = sampling.encode_problems(operands, 20, vocabulary)
+  problems = task_lib.encode_problems(operands, 20, vocabulary)
   assert (np.asarray(problems.prompts)[0, len(arithmetic.prompt(5, 7)):] == vocabulary.pad_id).all()
-  traj = sampling.rollout(params, gpt, problems, jax.random.key(0), max_new_tokens=40,
-                          temperature=1.0, vocabulary=vocabulary)
+  rules = task_lib.episode_rules(vocabulary)
+  traj = sampling.rollout(params, gpt, problems, jax.random.key(0), rules=rules,
+                          max_new_tokens=40, temperature=1.0)
   # Each row's generation starts right after its own prompt.
   generated = np.stack([row[start:start + 40] for row, start in
                         zip(np.asarray(traj.tokens), np.asarray(problems.prompt_lengths))])
-  final = sampling.score_tokens(jnp.asarray(generated), problems.expected,
-                                problems.expected_lengths, 40, vocabulary)
+  final = task_lib.score_tokens(jnp.asarray(generated), problems.expected,
+                                problems.expected_lengths, 40, rules)
   np.testing.assert_array_equal(final.lengths, traj.lengths)
   np.testing.assert_array_equal(final.termination, traj.termination)
   texts = sampling.completions(traj, vocabulary)
@@ -256,13 +258,14 @@ def test_generation_with_their_vocabulary(imported):
   eot = vocabulary.tokens.index(EOT)
   biased = dict(params, wte={"embedding": e.at[eot].mul(20.0)},
                 ln_f={"scale": jnp.zeros_like(params["ln_f"]["scale"]), "bias": e[eot]})
-  traj = sampling.rollout(biased, gpt, problems, jax.random.key(0), max_new_tokens=40,
-                          greedy=True, vocabulary=vocabulary)
+  traj = sampling.rollout(biased, gpt, problems, jax.random.key(0), rules=rules,
+                          max_new_tokens=40, greedy=True)
   assert np.asarray(traj.lengths).tolist() == [1, 1, 1]
   assert (np.asarray(traj.termination) == trajectory_lib.PAD_EMITTED).all()
   # The default vocabulary cannot drive this model.
   with pytest.raises(ValueError, match="vocabulary of 41 tokens for a model of vocab_size 45"):
-    sampling.rollout(params, gpt, problems, jax.random.key(0), max_new_tokens=40)
+    sampling.rollout(params, gpt, problems, jax.random.key(0), rules=task_lib.RULES,
+                     max_new_tokens=40)
 
 
 def test_evaluation_and_rl_run_on_the_imported_model(imported, tmp_path):

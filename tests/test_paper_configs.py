@@ -14,7 +14,9 @@ import pytest
 
 from critical_kl import model as model_lib
 from critical_kl import pretrain
-from critical_kl import rl
+from critical_kl import pretrain_config
+from critical_kl import rl_config
+from critical_kl import task as task_lib
 from critical_kl.configs import paper_pretrain
 from experiments import _cli
 from experiments import beta_ablation
@@ -37,8 +39,7 @@ def shapes(gpt: model_lib.GPTConfig):
 def test_pretrain_config_builds_the_85m_model(n):
   config = load("paper_pretrain", str(n))
   assert config.pretrain_max_digits == n
-  pretrain.validate(config)
-  gpt = pretrain.model_config(config)
+  gpt = pretrain_config.PretrainConfig.from_config_dict(config).model
   assert (gpt.n_layer, gpt.n_head, gpt.n_embd) == (12, 12, 768)
   params = shapes(gpt)
   blocks = sum(model_lib.num_params(params[f"h_{i}"]) for i in range(12))
@@ -47,7 +48,7 @@ def test_pretrain_config_builds_the_85m_model(n):
   assert 84.5e6 < blocks < 85.5e6
   assert 85.5e6 < model_lib.num_params(params) < 87.0e6
   # The context holds an N + 3-digit rollout, longer than the training sequences.
-  assert gpt.block_size >= rl.make_task(n, 3).prompt_length + rl.make_task(n, 3).max_new_tokens
+  assert gpt.block_size >= task_lib.make_task(n, 3).prompt_length + task_lib.make_task(n, 3).max_new_tokens
 
 
 def test_pretrain_config_argument_is_checked():
@@ -58,11 +59,11 @@ def test_pretrain_config_argument_is_checked():
 
 
 def _check_rl(config, n: int, extra: int):
-  rl.validate(config)
+  rl_config.RLConfig.from_config_dict(config)
   assert config.checkpoint == paper_pretrain.model_dir(n)
   assert config.extra_digits == extra
   gpt = pretrain.model_config(paper_pretrain.get_config(str(n)))
-  task = rl.make_task(n, extra)
+  task = task_lib.make_task(n, extra)
   assert task.prompt_length + task.max_new_tokens <= gpt.block_size  # finetune's own check
   assert (config.temperature, config.certainty_temperature) == (2.0, 4.0)  # τ, τ_c [paper/orig]
   assert config.episodes_per_collect == 50 and config.eval_episodes == 100

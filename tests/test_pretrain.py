@@ -8,6 +8,7 @@ import pytest
 from critical_kl import arithmetic
 from critical_kl import checkpoints
 from critical_kl import pretrain
+from critical_kl import pretrain_config
 from critical_kl import tokenizer
 from critical_kl.configs import pretrain_default
 
@@ -25,9 +26,13 @@ def tiny_config(**overrides):
   return c
 
 
+def typed(c):
+  return pretrain_config.PretrainConfig.from_config_dict(c)
+
+
 def test_batch_masks_the_prompt_only():
   c = tiny_config()
-  tokens, positions, mask = pretrain.make_batch(c, step=0)
+  tokens, positions, mask = pretrain.make_batch(typed(c), step=0)
   text = tokenizer.decode(tokens[0])
   prompt_len = text.index("Target:") + len("Target:")
   assert mask[0, :prompt_len].sum() == 0
@@ -38,15 +43,15 @@ def test_batch_masks_the_prompt_only():
 
 def test_batches_are_deterministic_per_step():
   c = tiny_config()
-  a, b = pretrain.make_batch(c, 5), pretrain.make_batch(c, 5)
+  a, b = pretrain.make_batch(typed(c), 5), pretrain.make_batch(typed(c), 5)
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x, y)
-  assert not np.array_equal(a[0], pretrain.make_batch(c, 6)[0])
+  assert not np.array_equal(a[0], pretrain.make_batch(typed(c), 6)[0])
 
 
 def test_fixed_positions_without_random_start():
   c = tiny_config(random_start_positions=False)
-  _, positions, _ = pretrain.make_batch(c, 0)
+  _, positions, _ = pretrain.make_batch(typed(c), 0)
   np.testing.assert_array_equal(positions[0], np.arange(positions.shape[1]))
 
 
@@ -59,9 +64,9 @@ def test_loss_decreases(tmp_path):
   c = tiny_config(num_steps=40, learning_rate=3e-3, checkpoint_every=40, log_every=40)
   logs = []
   state = pretrain.train(c, str(tmp_path), log=logs.append)
-  batch = pretrain.make_batch(c, 10_000)
+  batch = pretrain.make_batch(typed(c), 10_000)
   gpt = pretrain.model_config(c)
-  init = pretrain.init_state(c, pretrain.make_optimizer(c))["params"]
+  init = pretrain.init_state(typed(c), pretrain.make_optimizer(typed(c)))["params"]
   before = pretrain.completion_loss(init, gpt, *batch)
   after = pretrain.completion_loss(state["params"], gpt, *batch)
   assert after < 0.85 * before  # 3.71 (uniform-ish) → about 2.9 after 40 steps
@@ -118,4 +123,4 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path):
 
 def test_bad_digits_raise():
   with pytest.raises(ValueError, match="pretrain_max_digits"):
-    pretrain.validate(tiny_config(pretrain_max_digits=0))
+    typed(tiny_config(pretrain_max_digits=0))

@@ -12,7 +12,11 @@ from critical_kl import arms
 from critical_kl import checkpoints
 from critical_kl import finetune
 from critical_kl import rl
+from critical_kl import rl_config
 from critical_kl import runs as runs_lib
+from critical_kl import runs_evaluation
+from critical_kl import sampling
+from critical_kl import task as task_lib
 from critical_kl import token_weights
 from critical_kl.configs import rl_default
 from conftest import adam_atol, loop_predicate_shapes  # tests/ is on sys.path under pytest
@@ -52,15 +56,17 @@ def test_evaluator_chunks_the_test_problems(tiny_model):
   """Chunked accuracy is the problem-weighted mean over chunks, chunk 0 with the key itself and
   chunk i with the key folded with i; one chunk is the plain figure."""
   _, gpt, pre = checkpoints.load_model(tiny_model)
-  task = rl.make_task(pre["pretrain_max_digits"], 1)
+  task = task_lib.make_task(pre["pretrain_max_digits"], 1)
   seen = []
 
   def fake(params, problems, key):  # [R]: the share of odd prompt lengths, and the key it got
     seen.append(np.asarray(jax.random.key_data(key)))
     return np.full(2, np.mean(np.asarray(problems.prompt_lengths) % 2), np.float32)
 
-  whole = finetune.Evaluator(gpt, tiny_config(tiny_model, eval_episodes=7, eval_chunk=0), task)
-  chunked = finetune.Evaluator(gpt, tiny_config(tiny_model, eval_episodes=7, eval_chunk=3), task)
+  typed = lambda **overrides: rl_config.RLConfig.from_config_dict(tiny_config(tiny_model,
+                                                                             **overrides))
+  whole = runs_evaluation.Evaluator(gpt, typed(eval_episodes=7, eval_chunk=0), task)
+  chunked = runs_evaluation.Evaluator(gpt, typed(eval_episodes=7, eval_chunk=3), task)
   assert [c.prompts.shape[0] for c in chunked.rl_chunks] == [3, 3, 1]
   expected = whole._accuracy(fake, None, whole.rl_chunks)
   assert 0 < expected[0] < 1
@@ -148,9 +154,9 @@ def test_learning_rate_is_a_leaf_of_each_run(tiny_model):
   """Runs of one vmapped program may each have their own learning rate (optax.inject_hyperparams);
   a run at rate 0+ barely moves, one at the config's rate moves."""
   params, gpt, saved = checkpoints.load_model(tiny_model)
-  c = tiny_config(tiny_model)
-  task = rl.make_task(saved["pretrain_max_digits"], c.extra_digits)
-  batch = runs_lib.stack([rl.collect_batch(c, task, 0, 0)] * 2)
+  c = rl_config.RLConfig.from_config_dict(tiny_config(tiny_model))
+  task = task_lib.make_task(saved["pretrain_max_digits"], c.extra_digits)
+  batch = runs_lib.stack([task_lib.collect_batch(task, c.episodes_per_collect, c.seed, 0, 0)] * 2)
   state = runs_lib.stack([rl.init_state(params, c, jax.random.key(0), rate)
                           for rate in (1e-12, 1e-3)])
   run_arms = arms.run_arms(list(arms.parse("standard+lr=1e-12,standard", 0.0)))
@@ -180,7 +186,7 @@ def test_resume_equals_uninterrupted(tiny_model, tmp_path):
     ("loss", "reinforce", "loss"), ("eval_chunk", -1, "eval_chunk")])
 def test_bad_hyper_parameters_raise(tiny_model, field, value, message):
   with pytest.raises(ValueError, match=message):
-    rl.validate(tiny_config(tiny_model, **{field: value}))
+    rl_config.RLConfig.from_config_dict(tiny_config(tiny_model, **{field: value}))
 
 
 def test_cli_bad_input_is_one_line(tiny_model, tmp_path):
@@ -224,14 +230,18 @@ def test_runs_share_one_rollout_loop(tiny_model):
   """Vmapped over runs, the rollout loops stop on one predicate for all runs: a per-run predicate
   makes XLA select the whole KV cache at every decoding step (several times slower)."""
   params, gpt, saved = checkpoints.load_model(tiny_model)
-  c = tiny_config(tiny_model)
-  task = rl.make_task(saved["pretrain_max_digits"], c.extra_digits)
-  batch = runs_lib.stack([rl.collect_batch(c, task, seed, 0) for seed in range(2)])
+  c = rl_config.RLConfig.from_config_dict(tiny_config(tiny_model))
+  task = task_lib.make_task(saved["pretrain_max_digits"], c.extra_digits)
+  batch = runs_lib.stack([task_lib.collect_batch(task, c.episodes_per_collect, c.seed, seed, 0)
+                          for seed in range(2)])
   state = runs_lib.stack([rl.init_state(params, c, jax.random.key(seed)) for seed in range(2)])
   run_arms = arms.run_arms(list(arms.parse("standard,prioritized", 150.0)))
   iteration = jax.make_jaxpr(runs_lib.make_runs_iteration(gpt, c, task))(state, run_arms, batch,
                                                                          params)
-  accuracy = jax.make_jaxpr(runs_lib.make_runs_accuracy(gpt, task.max_new_tokens, 1.0, True))(
+  accuracy = jax.make_jaxpr(runs_evaluation.make_runs_accuracy(gpt, task.max_new_tokens, 1.0,
+                                                               True))(
       state.params, jax.tree_util.tree_map(lambda x: x[0], batch.problems), jax.random.key(0))
-  assert loop_predicate_shapes(iteration.jaxpr) == [()]
-  assert loop_predicate_shapes(accuracy.jaxpr) == [()]
+  # One loop per piece of the rollout (`sampling.segment_ends`), each on a scalar predicate.
+  pieces = len(sampling.segment_ends(task.max_new_tokens, sampling.SEGMENTS))
+  assert loop_predicate_shapes(iteration.jaxpr) == [()] * pieces
+  assert loop_predicate_shapes(accuracy.jaxpr) == [()] * pieces

@@ -1,4 +1,4 @@
-"""Rollouts: the JAX episode rules against a plain-Python reading of SPEC §4, and the sampler."""
+"""Rollouts: the task's episode rules against a plain-Python reading of SPEC §4, and the sampler."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +7,7 @@ import pytest
 from critical_kl import arithmetic
 from critical_kl import model as model_lib
 from critical_kl import sampling
+from critical_kl import task as task_lib
 from critical_kl import tokenizer
 from critical_kl import trajectory as trajectory_lib
 from conftest import loop_predicate_shapes  # tests/ is on sys.path under pytest
@@ -37,7 +38,7 @@ def _score(texts_or_tokens, expected: list[str], max_new_tokens: int):
   for i, r in enumerate(rows):
     tokens[i, :len(r)] = r
   exp, exp_len = tokenizer.encode_batch(expected)
-  final = sampling.score_tokens(jnp.asarray(tokens), jnp.asarray(exp), jnp.asarray(exp_len),
+  final = task_lib.score_tokens(jnp.asarray(tokens), jnp.asarray(exp), jnp.asarray(exp_len),
                                 max_new_tokens)
   ours = list(zip(np.asarray(final.lengths), np.asarray(final.termination),
                   np.asarray(final.solved)))
@@ -91,19 +92,20 @@ def test_random_token_sequences_match_python():
     assert (int(o[0]), int(o[1]), bool(o[2])) == t
 
 
+RULES = task_lib.RULES
 TINY = model_lib.GPTConfig(block_size=128, n_layer=1, n_head=2, n_embd=16, value_hidden=8)
 
 
 def _problems():
   operands = np.array([[12, 5], [3, 4], [99, 1]])
-  return operands, sampling.encode_problems(operands, prompt_length=20)
+  return operands, task_lib.encode_problems(operands, prompt_length=20)
 
 
 def test_rollout_shapes_and_masks():
   params = model_lib.init_params(TINY, jax.random.key(0))
   _, problems = _problems()
-  traj = sampling.rollout(params, TINY, problems, jax.random.key(1), max_new_tokens=30,
-                          temperature=2.0)
+  traj = sampling.rollout(params, TINY, problems, jax.random.key(1), rules=RULES,
+                          max_new_tokens=30, temperature=2.0)
   assert traj.tokens.shape == (3, 50) and traj.mask.shape == (3, 50)
   np.testing.assert_array_equal(traj.mask.sum(axis=1), traj.lengths)
   for row, p in enumerate(np.asarray(problems.prompt_lengths)):
@@ -115,7 +117,7 @@ def test_rollout_shapes_and_masks():
   assert np.count_nonzero(rewards) == 3
   # The JAX rules applied to the rollout's own tokens give the same outcome.
   gen = np.stack([np.asarray(traj.tokens)[i, s:s + 30] for i, s in enumerate(traj.prompt_lengths)])
-  final = sampling.score_tokens(jnp.asarray(gen), problems.expected, problems.expected_lengths, 30)
+  final = task_lib.score_tokens(jnp.asarray(gen), problems.expected, problems.expected_lengths, 30)
   np.testing.assert_array_equal(final.lengths, traj.lengths)
   np.testing.assert_array_equal(final.termination, traj.termination)
 
@@ -123,8 +125,8 @@ def test_rollout_shapes_and_masks():
 def test_logp_and_values_match_teacher_forcing():
   params = model_lib.init_params(TINY, jax.random.key(0))
   _, problems = _problems()
-  traj = sampling.rollout(params, TINY, problems, jax.random.key(3), max_new_tokens=30,
-                          temperature=2.0)
+  traj = sampling.rollout(params, TINY, problems, jax.random.key(3), rules=RULES,
+                          max_new_tokens=30, temperature=2.0)
   out = model_lib.forward(params, TINY, traj.tokens)
   logits = trajectory_lib.align_to_tokens(out.logits)
   logp = jnp.take_along_axis(jax.nn.log_softmax(logits / 2.0), traj.tokens[..., None], -1)[..., 0]
@@ -137,8 +139,9 @@ def test_logp_and_values_match_teacher_forcing():
 def test_greedy_is_deterministic_and_sampling_depends_on_key():
   params = model_lib.init_params(TINY, jax.random.key(0))
   _, problems = _problems()
-  run = lambda key, greedy: sampling.rollout(params, TINY, problems, key, max_new_tokens=30,
-                                             temperature=3.0, greedy=greedy).tokens
+  run = lambda key, greedy: sampling.rollout(params, TINY, problems, key, rules=RULES,
+                                             max_new_tokens=30, temperature=3.0,
+                                             greedy=greedy).tokens
   np.testing.assert_array_equal(run(jax.random.key(1), True), run(jax.random.key(2), True))
   np.testing.assert_array_equal(run(jax.random.key(1), False), run(jax.random.key(1), False))
   assert not np.array_equal(run(jax.random.key(1), False), run(jax.random.key(2), False))
@@ -151,13 +154,13 @@ def test_rollout_vmapped_over_runs_with_axis_name():
   params = jax.vmap(lambda k: model_lib.init_params(TINY, k))(keys)
   _, problems = _problems()
   runs = lambda axis_name: jax.vmap(
-      lambda p, k: sampling.rollout(p, TINY, problems, k, max_new_tokens=30, temperature=2.0,
-                                    axis_name=axis_name),
+      lambda p, k: sampling.rollout(p, TINY, problems, k, rules=RULES, max_new_tokens=30,
+                                    temperature=2.0, axis_name=axis_name),
       axis_name="runs")
   together = runs("runs")(params, keys)
   for r in range(2):
     alone = sampling.rollout(jax.tree_util.tree_map(lambda x: x[r], params), TINY, problems,
-                             keys[r], max_new_tokens=30, temperature=2.0)
+                             keys[r], rules=RULES, max_new_tokens=30, temperature=2.0)
     np.testing.assert_array_equal(together.tokens[r], alone.tokens)
     np.testing.assert_array_equal(together.lengths[r], alone.lengths)
     np.testing.assert_allclose(together.logp[r], alone.logp, atol=1e-5)
@@ -180,8 +183,9 @@ def test_segmented_cache_gives_the_episodes_of_one_full_length_cache(greedy):
   log-probs and values equal to float tolerance (the softmax sums in another order)."""
   params = model_lib.init_params(TINY, jax.random.key(3))
   _, problems = _problems()
-  one, four = (sampling.rollout(params, TINY, problems, jax.random.key(4), max_new_tokens=40,
-                                temperature=2.0, greedy=greedy, segments=n) for n in (1, 4))
+  one, four = (sampling.rollout(params, TINY, problems, jax.random.key(4), rules=RULES,
+                                max_new_tokens=40, temperature=2.0, greedy=greedy, segments=n)
+               for n in (1, 4))
   for field in ("tokens", "lengths", "rewards", "termination", "mask"):
     np.testing.assert_array_equal(getattr(four, field), getattr(one, field), err_msg=field)
   for field in ("logp", "values", "entropy"):
@@ -193,7 +197,8 @@ def test_context_overflow_and_bad_temperature_raise():
   params = model_lib.init_params(TINY, jax.random.key(0))
   _, problems = _problems()
   with pytest.raises(ValueError, match="block_size"):
-    sampling.rollout(params, TINY, problems, jax.random.key(0), max_new_tokens=200)
+    sampling.rollout(params, TINY, problems, jax.random.key(0), rules=RULES,
+                     max_new_tokens=200)
   with pytest.raises(ValueError, match="temperature"):
-    sampling.rollout(params, TINY, problems, jax.random.key(0), max_new_tokens=10,
+    sampling.rollout(params, TINY, problems, jax.random.key(0), rules=RULES, max_new_tokens=10,
                      temperature=0.0)

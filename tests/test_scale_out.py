@@ -20,9 +20,13 @@ from critical_kl import arms
 from critical_kl import distributed
 from critical_kl import finetune
 from critical_kl import pretrain
+from critical_kl import pretrain_config
 from critical_kl import rl
+from critical_kl import rl_config as rl_config_lib
 from critical_kl import runs
+from critical_kl import runs_evaluation
 from critical_kl import sharding
+from critical_kl import task as task_lib
 from critical_kl.configs import pretrain_default
 from critical_kl.configs import rl_default
 from conftest import adam_atol  # tests/ is on sys.path under pytest
@@ -67,12 +71,13 @@ def _save(path: str, tree) -> None:
 
 def _runs_iteration(model_path: str, num_runs: int, mesh) -> dict:
   """One vmapped iteration of `num_runs` runs, unsharded when `mesh` is None."""
-  config = _rl_config(model_path)
+  config = rl_config_lib.RLConfig.from_config_dict(_rl_config(model_path))
   ref_params, gpt, pre_config = finetune.checkpoints.load_model(model_path)
-  task = rl.make_task(pre_config["pretrain_max_digits"], config.extra_digits)
+  task = task_lib.make_task(pre_config["pretrain_max_digits"], config.extra_digits)
   state = runs.stack([rl.init_state(ref_params, config, jax.random.key(i))
                       for i in range(num_runs)])
-  batches = runs.stack([rl.collect_batch(config, task, i, 0) for i in range(num_runs)])
+  batches = runs.stack([task_lib.collect_batch(task, config.episodes_per_collect, config.seed, i, 0)
+                        for i in range(num_runs)])
   run_arms = arms.run_arms(list(arms.parse(
       ",".join(f"prioritized+beta={b:g}" for b in np.linspace(0.0, 150.0, num_runs)), 0.0)))
   if mesh is not None:
@@ -84,7 +89,7 @@ def _runs_iteration(model_path: str, num_runs: int, mesh) -> dict:
 
 
 class _ParameterSums:
-  """Stands in for `finetune.Evaluator`, whose rollouts would dominate the compile time: the sum
+  """Stands in for `runs_evaluation.Evaluator`, whose rollouts would dominate the compile time: the sum
   of every run's parameters, under the names the host loop reads."""
 
   def __init__(self, *_):
@@ -98,7 +103,7 @@ class _ParameterSums:
 def _mesh_worker(out: str, model_path: str) -> None:
   """Pre-training, RL fine-tuning and bare RL iterations, on one device and on meshes of 8."""
   assert jax.device_count() == 8, jax.devices()
-  finetune.Evaluator = _ParameterSums
+  runs_evaluation.Evaluator = _ParameterSums
   results, info = {}, {}
   for name, mesh in (("single", (1, 1)), ("4x2", (4, 2))):
     c = _pretrain_config(num_steps=4)
@@ -141,9 +146,10 @@ def _process_worker(out: str, model_path: str, index: str, port: str) -> None:
   distributed.sync("dropped the last checkpoint")
   state = pretrain.train(c, workdir, log=logs.append)
   params = distributed.host_local(state["params"])
-  rows = sharding.process_rows(c.batch_size, sharding.mesh_from_config(c)).tolist()
+  mesh = sharding.mesh_from_shape(c.sharding.data, c.sharding.params)
+  rows = sharding.process_rows(c.batch_size, mesh).tolist()
   _save(os.path.join(out, f"params_{index}.npz"), params)
-  finetune.Evaluator = _ParameterSums
+  runs_evaluation.Evaluator = _ParameterSums
   c = _rl_config(model_path)
   c.sharding.data = 0
   ft = finetune.finetune(c, os.path.join(out, "rl"), log=logs.append)
@@ -226,7 +232,7 @@ def test_cli_indivisible_batch_is_one_error_line(tmp_path):
 
 def test_process_slices_concatenate_to_the_global_batch():
   """What each process encodes: its rows of the one global batch, whatever the process count."""
-  c = _pretrain_config(batch_size=12)
+  c = pretrain_config.PretrainConfig.from_config_dict(_pretrain_config(batch_size=12))
   whole = pretrain.make_batch(c, 7)
   for parts in (2, 3, 4):
     slices = [pretrain.make_batch(c, 7, rows) for rows in np.array_split(np.arange(12), parts)]
@@ -248,8 +254,10 @@ def test_one_process_holds_every_row():
 
 
 def test_default_configs_stay_on_one_device():
-  assert sharding.mesh_from_config(pretrain_default.get_config()) is None
-  assert sharding.mesh_from_config(rl_default.get_config()) is None
+  pre = pretrain_config.PretrainConfig.from_config_dict(pretrain_default.get_config())
+  rl_typed = rl_config_lib.RLConfig.from_config_dict(rl_default.get_config())
+  assert pre.mesh_shape == rl_typed.mesh_shape == (1, 1)
+  assert sharding.mesh_from_shape(*pre.mesh_shape) is None
 
 
 def _free_port() -> int:

@@ -16,8 +16,11 @@ import pytest
 from critical_kl import arms
 from critical_kl import checkpoints
 from critical_kl import pretrain
+from critical_kl import pretrain_config
 from critical_kl import rl
+from critical_kl import rl_config as rl_config_lib
 from critical_kl import sharding
+from critical_kl import task as task_lib
 from critical_kl.configs import pretrain_default
 from critical_kl.configs import rl_default
 from conftest import adam_atol  # tests/ is on sys.path under pytest
@@ -40,8 +43,8 @@ def _pretrain_config(**overrides):
 def _pretrain_step(state, mesh):
   """One pre-train step, on one device when `mesh` is None; returns dict(loss, grads, params),
   the gradients those of the loss before the optimizer, computed on the same placement."""
-  c = _pretrain_config()
-  gpt, optimizer = pretrain.model_config(c), pretrain.make_optimizer(c)
+  c = pretrain_config.PretrainConfig.from_config_dict(_pretrain_config())
+  gpt, optimizer = c.model, pretrain.make_optimizer(c)
   batch = pretrain.make_batch(c, 0)
   if mesh is not None:
     state = sharding.place_state(state, mesh)
@@ -55,7 +58,7 @@ def _pretrain_step(state, mesh):
 
 def _rl_iteration(state, ref_params, gpt, task, config, mesh):
   """One RL iteration, on one device when `mesh` is None; returns dict(params, metrics)."""
-  batch = rl.collect_batch(config, task, 0, 0)
+  batch = task_lib.collect_batch(task, config.episodes_per_collect, config.seed, 0, 0)
   arm = jax.tree_util.tree_map(lambda x: x[0], arms.run_arms(list(arms.parse("standard", 0.0))))
   if mesh is not None:
     state, ref_params = sharding.place_state((state, ref_params), mesh)
@@ -65,8 +68,8 @@ def _rl_iteration(state, ref_params, gpt, task, config, mesh):
 
 
 def _indivisible_batch_error(mesh) -> str:
-  c = _pretrain_config(batch_size=10)
-  gpt, optimizer = pretrain.model_config(c), pretrain.make_optimizer(c)
+  c = pretrain_config.PretrainConfig.from_config_dict(_pretrain_config(batch_size=10))
+  gpt, optimizer = c.model, pretrain.make_optimizer(c)
   state = jax.eval_shape(lambda: pretrain.init_state(c, optimizer))
   step = pretrain.make_train_step(gpt, optimizer, state, mesh)
   try:
@@ -82,14 +85,15 @@ def _worker(out_dir: str, model_path: str) -> None:
   results.npz holds the leaves of {phase: {"initial" | "single" | mesh: results}}, keyed by path.
   """
   assert jax.device_count() == 8, jax.devices()
-  c = _pretrain_config()
+  c = pretrain_config.PretrainConfig.from_config_dict(_pretrain_config())
   optimizer = pretrain.make_optimizer(c)
   # One compiled initialization instead of a compile per eager operation.
   pre_state = jax.jit(lambda: pretrain.init_state(c, optimizer))()
   rl_config = rl_default.get_config()
   rl_config.update(episodes_per_collect=8, num_minibatches=2, learning_rate=1e-3, temperature=2.0)
+  rl_config = rl_config_lib.RLConfig.from_config_dict(rl_config)
   ref_params, gpt, pre_config = checkpoints.load_model(model_path)
-  task = rl.make_task(pre_config["pretrain_max_digits"], rl_config.extra_digits)
+  task = task_lib.make_task(pre_config["pretrain_max_digits"], rl_config.extra_digits)
   rl_state = rl.init_state(ref_params, rl_config, jax.random.key(0))
 
   results = dict(pretrain=dict(initial=dict(params=pre_state["params"])),
@@ -192,9 +196,11 @@ def test_mesh_must_use_every_device():
 
 def test_config_selects_the_mesh():
   c = pretrain_default.get_config()
-  assert sharding.mesh_from_config(c) is None
+  shape = lambda: pretrain_config.PretrainConfig.from_config_dict(c).mesh_shape
+  assert shape() == (1, 1) and sharding.mesh_from_shape(*shape()) is None
   c.sharding = dict(data=0, params=1)
-  assert sharding.mesh_from_config(c).shape == {"data": jax.device_count(), "params": 1}
+  assert shape() == (0, 1)
+  assert sharding.mesh_from_shape(*shape()).shape == {"data": jax.device_count(), "params": 1}
 
 
 if __name__ == "__main__":

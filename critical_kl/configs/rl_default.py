@@ -54,7 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
   # in memory (about 1.8 MB per episode for the shipped model).
   c.eval_chunk = 100
   # Evaluate every this many iterations besides before and after (0: never); these evaluations
-  # compute the learning curves' figures only (finetune.CURVE_FIGURES).
+  # compute the learning curves' figures only (runs_evaluation.CURVE_FIGURES).
   c.eval_every = 0
   c.critical_eval_problems = 64  # teacher-forced set for the critical-token probability
   # Teacher-forced set for the reference's selectivity and the matched arm's α factor.
