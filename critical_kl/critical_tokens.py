@@ -71,9 +71,11 @@ class TeacherForced:
     return [top == target for top, target in zip(self.argmax, self.targets)]
 
 
-@functools.partial(jax.jit, static_argnames=("gpt_config", "certainty_method"))
+@functools.partial(jax.jit, static_argnames=("gpt_config", "certainty_method", "ensemble",
+                                             "epistemic"))
 def _predict(params, gpt_config: model_lib.GPTConfig, tokens: jnp.ndarray, temperature: float,
-             certainty_method: str, certainty_temperature: float):
+             certainty_method: str, certainty_temperature: float, ensemble: bool = False,
+             epistemic: bool = False):
   """One teacher-forced pass over tokens int32 [B, T].
 
   Returns:
@@ -82,7 +84,8 @@ def _predict(params, gpt_config: model_lib.GPTConfig, tokens: jnp.ndarray, tempe
   """
   scores = evaluation.teacher_forced_scores(params, gpt_config, tokens, temperature=temperature,
                                             certainty_method=certainty_method,
-                                            certainty_temperature=certainty_temperature)
+                                            certainty_temperature=certainty_temperature,
+                                            ensemble=ensemble, epistemic=epistemic)
   return scores.logp, scores.certainty, jnp.argmax(scores.logits, axis=-1).astype(jnp.int32)
 
 
@@ -97,7 +100,8 @@ def _critical_names(a: int, b: int, n_max: int) -> np.ndarray:
 def teacher_forced(params, gpt_config: model_lib.GPTConfig, operands: np.ndarray, n_max: int, *,
                    temperature: float = 1.0, certainty_method: str = "negentropy_max_prob",
                    certainty_temperature: float = 4.0, batch_size: int = 64,
-                   vocabulary: tokenizer.Vocabulary = tokenizer.DEFAULT) -> TeacherForced:
+                   vocabulary: tokenizer.Vocabulary = tokenizer.DEFAULT, ensemble: bool = False,
+                   epistemic: bool = False) -> TeacherForced:
   """Runs the model along the correct completion of every problem.
 
   Each text (prompt + correct completion) sits at positions 0..T-1, padded on the right to the
@@ -114,6 +118,9 @@ def teacher_forced(params, gpt_config: model_lib.GPTConfig, operands: np.ndarray
     certainty_temperature: τ_c of Ĵ (SPEC §5; the authors use 4).
     batch_size: problems per forward pass.
     vocabulary: the model's vocabulary.
+    ensemble: `params` are a reference ensemble's stacked members; the predictions are their
+      mixture's (`evaluation.teacher_forced_scores`).
+    epistemic: with `ensemble`, Ĵ minus the members' disagreement.
 
   Returns:
     A `TeacherForced` with one array per problem.
@@ -136,7 +143,7 @@ def teacher_forced(params, gpt_config: model_lib.GPTConfig, operands: np.ndarray
     chunk = tokens[start:start + batch]
     padded = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), axis=0)])
     out = _predict(params, gpt_config, jnp.asarray(padded), temperature, certainty_method,
-                   certainty_temperature)
+                   certainty_temperature, ensemble, epistemic)
     outputs.append([np.asarray(x)[:len(chunk)] for x in out])
   logp, certainty, argmax = (np.concatenate(parts) for parts in zip(*outputs))
   spans = [slice(int(p), int(n)) for p, n in zip(correct.prompt_lengths, correct.lengths)]

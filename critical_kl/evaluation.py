@@ -38,13 +38,26 @@ class TeacherScores(NamedTuple):
 
 def teacher_forced_scores(params, gpt: model_lib.GPTConfig, tokens, *, temperature: float = 1.0,
                           certainty_method: str | None = None,
-                          certainty_temperature: float = 1.0) -> TeacherScores:
+                          certainty_temperature: float = 1.0, ensemble: bool = False,
+                          epistemic: bool = False) -> TeacherScores:
   """One teacher-forced pass over tokens int32 [B, T]: logits, log-probs at `temperature` and,
-  with a `certainty_method`, Ĵ at `certainty_temperature`. Pure; jit it with its caller."""
-  logits = trajectory_lib.align_to_tokens(model_lib.forward(params, gpt, tokens).logits)
+  with a `certainty_method`, Ĵ at `certainty_temperature`. Pure; jit it with its caller.
+
+  With `ensemble`, `params` are K members stacked on a leading axis: the logits are those of the
+  members' mixture at `temperature` (`certainty.ensemble_logits`) and Ĵ the mixture's at
+  `certainty_temperature` (`certainty.ensemble_certainty`, minus the members' disagreement with
+  `epistemic`)."""
+  if not ensemble:
+    logits = trajectory_lib.align_to_tokens(model_lib.forward(params, gpt, tokens).logits)
+    certainty = (None if certainty_method is None else
+                 certainty_lib.certainty(logits, certainty_method, certainty_temperature))
+  else:
+    members = jax.vmap(lambda p: trajectory_lib.align_to_tokens(
+        model_lib.forward(p, gpt, tokens).logits))(params)  # [K, B, T, V]
+    logits = certainty_lib.ensemble_logits(members, temperature)
+    certainty = (None if certainty_method is None else certainty_lib.ensemble_certainty(
+        members, certainty_method, certainty_temperature, epistemic))
   logp, _ = losses.token_logp_and_entropy(logits, tokens, temperature)
-  certainty = (None if certainty_method is None else
-               certainty_lib.certainty(logits, certainty_method, certainty_temperature))
   return TeacherScores(logits, logp, certainty)
 
 

@@ -25,6 +25,7 @@ from critical_kl import arms as arms_lib
 from critical_kl import checkpoints
 from critical_kl import distributed
 from critical_kl import divergence
+from critical_kl import model as model_lib
 from critical_kl import rl
 from critical_kl import rl_config as rl_config_lib
 from critical_kl import runs as runs_lib
@@ -99,15 +100,16 @@ def read_history(workdir: str) -> list[dict[str, Any]]:
 
 
 def reference_selectivity(ref_params, gpt, config: rl_config_lib.RLConfig,
-                          task: task_lib.Task) -> dict[str, Any]:
+                          task: task_lib.Task, ensemble: bool = False) -> dict[str, Any]:
   """Teacher-forced selectivity of Ĵ^β (config β, τ_c, method) on fixed N + k problems; its
-  `mean_weight` is the α factor of the matched arm."""
+  `mean_weight` is the α factor of the matched arm. With `ensemble`, of a reference ensemble's
+  mixture (`ref_params` its stacked members)."""
   rng = np.random.default_rng([config.seed, 2 * 10**6])
   operands = arithmetic.sample_rl(rng, config.matched_problems, task.n_max, config.extra_digits)
   return selectivity.teacher_forced_grid(
       ref_params, gpt, operands, task.n_max, methods=(config.certainty_method,),
       certainty_temperatures=(config.certainty_temperature,), betas=(config.beta,),
-      vocabulary=task.vocabulary)[0]
+      vocabulary=task.vocabulary, ensemble=ensemble, epistemic=config.ensemble_epistemic)[0]
 
 
 def _load_reference(config: rl_config_lib.RLConfig):
@@ -124,6 +126,22 @@ def _load_reference(config: rl_config_lib.RLConfig):
     raise ValueError(f"episodes on {task.digits} digits need {task.prompt_length} + "
                      f"{task.max_new_tokens} positions; the model has {gpt.block_size}")
   return ref_params, gpt, task
+
+
+def _load_ensemble(config: rl_config_lib.RLConfig, gpt: model_lib.GPTConfig):
+  """The stacked members of `config.reference_ensemble`.
+
+  Raises:
+    CheckpointError: when it is no ensemble, or its members are not models like the reference.
+  """
+  members, members_gpt, saved = checkpoints.load_model(config.reference_ensemble)
+  if not checkpoints.ensemble_members(saved):
+    raise checkpoints.CheckpointError(f"reference_ensemble {config.reference_ensemble} is one "
+                                      f"model, not an ensemble")
+  if members_gpt != gpt:
+    raise checkpoints.CheckpointError(f"reference_ensemble {config.reference_ensemble} holds "
+                                      f"{members_gpt}, the reference is a {gpt}")
+  return members
 
 
 class _Runs(NamedTuple):
@@ -203,16 +221,25 @@ def _finetune(config: rl_config_lib.RLConfig, config_dict: dict, workdir: str, o
     log = lambda *_: None
   ref_params, gpt, task = _load_reference(config)
   job = _prepare_runs(config, ref_params, gpt, task, mesh)
+  reference = job.reference
+  if config.reference_ensemble:
+    members = _load_ensemble(config, gpt)
+    reference = dict(reference, ensemble=reference_selectivity(members, gpt, config, task, True))
+    job = job._replace(ref_params=(job.ref_params, members), reference=reference)
   saved = dict(config_dict, model=dict(vars(gpt)),
                arms=[dataclasses.asdict(arm) for arm in job.arms])
   mngr, metrics_path, state, start = _open_workdir(workdir, overwrite, job.state, saved,
                                                    resume_previous, log)
-  reference = job.reference
   log(f"{len(job.runs)} runs ({', '.join(a.name for a in job.arms)} × {config.num_seeds} seeds) "
       f"on {task.digits}-digit problems; reference Ĵ^β weights: "
       f"{reference['weight_critical']:.3f} on critical tokens, {reference['weight_other']:.3f} on "
       f"others, {100 * reference['reduction_share']:.1f}% of the reduction on critical tokens; "
       f"matched α factor {reference['mean_weight']:.4f}")
+  if config.reference_ensemble:
+    mixture = reference["ensemble"]
+    log(f"reference ensemble {config.reference_ensemble}: Ĵ^β weights of the mixture "
+        f"{mixture['weight_critical']:.3f} on critical tokens, {mixture['weight_other']:.3f} on "
+        f"others, {100 * mixture['reduction_share']:.1f}% of the reduction on critical tokens")
   evaluator = runs_evaluation.Evaluator(gpt, config, task)
   # Every run starts from the same parameters: evaluate them once, not once per run.
   first = evaluator(jax.tree_util.tree_map(lambda x: x[:1], job.initial_params), "before RL", log)

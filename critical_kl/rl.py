@@ -59,9 +59,10 @@ def init_state(params, config: rl_config_lib.RLConfig, key: jax.Array,
 
 
 def reference_pass(ref_params, gpt: model_lib.GPTConfig, traj: trajectory_lib.Trajectory,
-                   config: rl_config_lib.RLConfig):
+                   config: rl_config_lib.RLConfig, ensemble: bool = False):
   """Teacher-forced pass of the frozen model (`evaluation.teacher_forced_scores`): fills ref_logp
-  (at τ) and certainty (the config's method and τ_c); returns ref logits.
+  (at τ) and certainty (the config's method and τ_c); returns ref logits. With `ensemble`,
+  `ref_params` are a reference ensemble's stacked members and the reference is their mixture.
 
   Returns:
     (trajectory, ref_logits [B, T, V] aligned to the tokens).
@@ -69,8 +70,19 @@ def reference_pass(ref_params, gpt: model_lib.GPTConfig, traj: trajectory_lib.Tr
   scores = evaluation.teacher_forced_scores(
       ref_params, gpt, traj.tokens, temperature=config.temperature,
       certainty_method=config.certainty_method,
-      certainty_temperature=config.certainty_temperature)
+      certainty_temperature=config.certainty_temperature, ensemble=ensemble,
+      epistemic=config.ensemble_epistemic)
   return traj.replace(ref_logp=scores.logp, certainty=scores.certainty), scores.logits
+
+
+def _with_ensemble(use, traj: trajectory_lib.Trajectory, ref_logits, members, gpt, config):
+  """The reference fields of `traj` and the ref logits replaced by the ensemble's mixture where
+  the run's arm says so (`use`, a scalar bool: a select, so that the runs stay one program)."""
+  mixed, mixed_logits = reference_pass(members, gpt, traj, config, ensemble=True)
+  pick = lambda new, old: jnp.where(use, new, old)
+  return (traj.replace(ref_logp=pick(mixed.ref_logp, traj.ref_logp),
+                       certainty=pick(mixed.certainty, traj.certainty)),
+          pick(mixed_logits, ref_logits))
 
 
 def _minibatch_objective(params, gpt, config: rl_config_lib.RLConfig, minibatch):
@@ -97,6 +109,8 @@ def kl_weights(arm: arms_lib.RunArms, certainty, critical_on_path, ref_entropy,
 def make_iteration(gpt: model_lib.GPTConfig, config: rl_config_lib.RLConfig,
                    task: task_lib.Task, axis_name: str | None = None):
   """Returns iteration(state, arm, batch, ref_params) → (state, metrics), ONE run.
+  With `config.reference_ensemble`, `ref_params` is the pair (reference parameters, the
+  ensemble's stacked members); the "ensemble" arms use the members' mixture as the reference.
 
   Shapes: `arm` a `arms.RunArms` of scalars (vmappable), `batch` a `task.Batch` (problems [B, P],
   critical and correct [B, T]). Metrics are scalars.
@@ -125,13 +139,19 @@ def make_iteration(gpt: model_lib.GPTConfig, config: rl_config_lib.RLConfig,
     traj = sampling.rollout(state.params, gpt, problems, rollout_key, rules=rules,
                             max_new_tokens=task.max_new_tokens, temperature=config.temperature,
                             failure_reward=config.failure_reward, axis_name=axis_name)
+    members = None
+    if config.reference_ensemble:
+      ref_params, members = ref_params
     traj, ref_logits = reference_pass(ref_params, gpt, traj, config)
+    # The entropy rule reads the single reference, whatever the arm.
+    _, ref_entropy = losses.token_logp_and_entropy(ref_logits, traj.tokens,
+                                                   config.certainty_temperature)
+    if members is not None:
+      traj, ref_logits = _with_ensemble(arm.ensemble, traj, ref_logits, members, gpt, config)
     # A critical position counts as one only while the episode is still on the correct path:
     # after an early mistake its text there is something else (SPEC §6).
     traj = traj.replace(critical=batch.critical
                         & token_weights.correct_prefix(traj.tokens, batch.correct, traj.mask))
-    _, ref_entropy = losses.token_logp_and_entropy(ref_logits, traj.tokens,
-                                                   config.certainty_temperature)
     unscaled = kl_weights(arm, traj.certainty, traj.critical, ref_entropy, config.intercept)
     weights = arm.kl_scale * unscaled
     # Over the whole collect, before the minibatches: the quantile is the batch's.

@@ -54,6 +54,10 @@ class RLConfig:
   matched_problems: int
   checkpoint_every: int
   mesh_shape: tuple[int, int] = (1, 1)  # (data, params) devices; data 0: all devices // params
+  # A reference ensemble (`pretrain`'s ensemble_members) for the "ensemble" arms, "" for none;
+  # with `ensemble_epistemic` its certainty also subtracts the members' disagreement.
+  reference_ensemble: str = ""
+  ensemble_epistemic: bool = False
 
   @property
   def temperature(self) -> float:
@@ -84,10 +88,19 @@ class RLConfig:
         eval_chunk=config.get("eval_chunk", 0), eval_every=config.eval_every,
         critical_eval_problems=config.critical_eval_problems,
         matched_problems=config.matched_problems, checkpoint_every=config.checkpoint_every,
-        mesh_shape=(1, 1) if sharding is None else (sharding.data, sharding.params))
+        mesh_shape=(1, 1) if sharding is None else (sharding.data, sharding.params),
+        reference_ensemble=config.get("reference_ensemble", ""),
+        ensemble_epistemic=config.get("ensemble_epistemic", False))
     # The ranges first, then the arm list: a bad β is reported as out of range.
     typed.validate()
-    return dataclasses.replace(typed, arms=arms_lib.parse(config.arms, config.beta))
+    arms = arms_lib.parse(config.arms, config.beta)
+    if arms_lib.needs_ensemble(arms) and not typed.reference_ensemble:
+      raise ValueError("an ensemble arm needs reference_ensemble: the directory of a reference "
+                       "ensemble (python -m experiments.pretrain with ensemble_members > 0)")
+    if typed.reference_ensemble and typed.mesh_shape != (1, 1):
+      raise ValueError("a reference ensemble runs on one device; set sharding.data = "
+                       "sharding.params = 1")
+    return dataclasses.replace(typed, arms=arms)
 
   def validate(self) -> None:
     """Raises ValueError on hyper-parameters that cannot run (SPEC §5 ranges)."""

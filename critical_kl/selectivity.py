@@ -81,7 +81,8 @@ def teacher_forced_grid(params, gpt, operands: np.ndarray, n_max: int, *,
                         methods: Sequence[str] = ("negentropy_max_prob",),
                         certainty_temperatures: Sequence[float] = (1.0,),
                         betas: Sequence[float] = (150.0,),
-                        vocabulary: tokenizer.Vocabulary = tokenizer.DEFAULT) -> list[dict]:
+                        vocabulary: tokenizer.Vocabulary = tokenizer.DEFAULT,
+                        ensemble: bool = False, epistemic: bool = False) -> list[dict]:
   """Selectivity of Ĵ^β for a reference model, teacher-forced on correct completions.
 
   One teacher-forced pass per (method, τ_c); β is applied on the host.
@@ -94,6 +95,8 @@ def teacher_forced_grid(params, gpt, operands: np.ndarray, n_max: int, *,
     certainty_temperatures: τ_c values.
     betas: β values.
     vocabulary: the model's.
+    ensemble, epistemic: `params` are a reference ensemble's stacked members, Ĵ their mixture's
+      (`critical_tokens.teacher_forced`).
 
   Returns:
     One dict per (method, τ_c, β): those three, the fields of `selectivity`, `mean_weight` (over
@@ -106,7 +109,8 @@ def teacher_forced_grid(params, gpt, operands: np.ndarray, n_max: int, *,
       forced = critical_tokens_lib.teacher_forced(params, gpt, operands, n_max,
                                                   certainty_method=method,
                                                   certainty_temperature=tau_c,
-                                                  vocabulary=vocabulary)
+                                                  vocabulary=vocabulary, ensemble=ensemble,
+                                                  epistemic=epistemic)
       certainty = np.concatenate(forced.certainty).astype(np.float64)
       critical = np.concatenate(forced.critical)
       area = auroc(1.0 - certainty, critical)

@@ -52,6 +52,9 @@ _GRID_METHODS = flags.DEFINE_list("grid_methods", ["negentropy_max_prob"],
                                   "Certainty methods of the selectivity grid.")
 _GRID_TEMPERATURES = flags.DEFINE_list("grid_certainty_temperatures", ["0.25", "0.5", "1", "2", "4"],
                                        "τ_c values of the selectivity grid.")
+_EPISTEMIC = flags.DEFINE_bool(
+    "epistemic", False, "For a reference ensemble: Ĵ of the members' mixture minus their "
+    "disagreement (certainty.ensemble_certainty).")
 _GRID_BETAS = flags.DEFINE_list("grid_betas", ["1", "10", "50", "150", "500", "2000", "10000"],
                                 "β values of the selectivity grid (empty: no grid).")
 
@@ -182,6 +185,12 @@ def _deviation_report(params, gpt, vocabulary, rng: np.random.Generator, digits:
 def main(_):
   _validate_flags()
   params, gpt, saved = checkpoints.load_model(_CHECKPOINT.value)
+  # A reference ensemble is scored as its members' mixture; it has no single policy to sample.
+  ensemble = dict(ensemble=checkpoints.ensemble_members(saved) > 0, epistemic=_EPISTEMIC.value)
+  if ensemble["ensemble"]:
+    print(f"{_CHECKPOINT.value}: an ensemble of {checkpoints.ensemble_members(saved)} models, "
+          f"scored as their mixture; the failure and deviation analyses, which generate, are "
+          f"skipped")
   n_max = int(saved["pretrain_max_digits"])
   vocabulary = tokenizer.Vocabulary.from_dict(saved["vocabulary"])
   digits = n_max + 1 if _DIGITS.value is None else _DIGITS.value
@@ -191,7 +200,7 @@ def main(_):
   forced = critical_tokens.teacher_forced(
       params, gpt, operands, n_max, temperature=_TEMPERATURE.value,
       certainty_method=_CERTAINTY_METHOD.value,
-      certainty_temperature=_CERTAINTY_TEMPERATURE.value, vocabulary=vocabulary)
+      certainty_temperature=_CERTAINTY_TEMPERATURE.value, vocabulary=vocabulary, **ensemble)
   gap = critical_tokens.certainty_gap(forced.certainty, forced.critical_names)
   probability = critical_tokens.critical_token_probability(forced.probs, forced.greedy_correct,
                                                            forced.critical)
@@ -204,10 +213,11 @@ def main(_):
         f"{probability['mean_probability']:.4f}; problems with every critical token right under "
         f"greedy argmax: {100 * probability['all_greedy_right']:.1f}%")
 
-  failures = (_failure_report(params, gpt, vocabulary, rng, digits, n_max) if _FAILURES.value
-              else None)
-  deviations = (_deviation_report(params, gpt, vocabulary, rng, digits, n_max) if _SAMPLED.value
-                else None)
+  generate = not ensemble["ensemble"]
+  failures = (_failure_report(params, gpt, vocabulary, rng, digits, n_max)
+              if _FAILURES.value and generate else None)
+  deviations = (_deviation_report(params, gpt, vocabulary, rng, digits, n_max)
+                if _SAMPLED.value and generate else None)
 
   temperatures, betas = _grid_values()
   grid = []
@@ -215,7 +225,7 @@ def main(_):
     grid = selectivity.teacher_forced_grid(params, gpt, operands, n_max,
                                            methods=_GRID_METHODS.value,
                                            certainty_temperatures=temperatures, betas=betas,
-                                           vocabulary=vocabulary)
+                                           vocabulary=vocabulary, **ensemble)
     print(f"\nselectivity of w = Ĵ^β (teacher-forced, same {_NUM_PROBLEMS.value} problems): mean "
           f"weight on critical and other tokens, share of Σ(1 − w) on critical tokens "
           f"({grid[0]['critical_tokens']} critical, {grid[0]['other_tokens']} other tokens)")
@@ -233,7 +243,9 @@ def main(_):
   print(f"wrote {_HTML.value}")
 
   print(json.dumps(dict(
-      checkpoint=_CHECKPOINT.value, n_max=n_max, digits=digits, num_problems=_NUM_PROBLEMS.value,
+      checkpoint=_CHECKPOINT.value, ensemble_members=checkpoints.ensemble_members(saved),
+      epistemic=ensemble["epistemic"], n_max=n_max, digits=digits,
+      num_problems=_NUM_PROBLEMS.value,
       certainty_method=_CERTAINTY_METHOD.value,
       certainty_temperature=_CERTAINTY_TEMPERATURE.value, temperature=_TEMPERATURE.value,
       delta_j_critical=gap["critical"]["mean"], delta_j_critical_std=gap["critical"]["std"],

@@ -10,6 +10,7 @@ import pytest
 
 from critical_kl import checkpoints
 from critical_kl import model as model_lib
+from critical_kl.configs import rl_default
 
 jax.config.update("jax_compilation_cache_dir",
                   os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "xla"))
@@ -57,3 +58,14 @@ def tiny_model(tmp_path_factory):
   params = model_lib.init_params(gpt, jax.random.key(0))
   checkpoints.export(str(path), params, dict(model=dict(vars(gpt)), pretrain_max_digits=1))
   return str(path)
+
+
+def tiny_rl_config(model_path, **overrides):
+  """The default RL config shrunk to seconds, on the model at `model_path` (e.g. `tiny_model`)."""
+  c = rl_default.get_config()
+  c.checkpoint = model_path
+  c.update(num_iterations=2, episodes_per_collect=4, num_minibatches=2, eval_episodes=4,
+           critical_eval_problems=4, matched_problems=4, checkpoint_every=1, learning_rate=1e-3,
+           temperature=2.0)
+  c.update(overrides)
+  return c

@@ -194,6 +194,30 @@ def test_experiment_runs_end_to_end(exported, tmp_path):
     assert f.read().count("<span style=") > 100
 
 
+def test_experiment_scores_an_ensemble_as_its_mixture(exported, params, tmp_path):
+  """Two copies of a model: the mixture is the model, so every teacher-forced figure is the
+  model's; nothing is generated."""
+  ensemble = str(tmp_path / "ensemble")
+  checkpoints.export(ensemble, jax.tree_util.tree_map(lambda x: np.stack([x, x]), params),
+                     {"model": dict(vars(TINY)), "pretrain_max_digits": N_MAX,
+                      "ensemble_members": 2})
+  flags = ("--num_problems=4", "--grid_betas=10", "--grid_certainty_temperatures=1",
+           f"--html={tmp_path / 'example.html'}")
+  summaries = []
+  for checkpoint in (exported, ensemble):
+    proc = _experiment(f"--checkpoint={checkpoint}", "--failures=0", "--sampled=0", *flags,
+                       cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summaries.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+  single, mixed = summaries
+  assert (single["ensemble_members"], mixed["ensemble_members"]) == (0, 2)
+  assert mixed["failures"] is None and mixed["deviations"] is None
+  np.testing.assert_allclose(mixed["delta_j_critical"], single["delta_j_critical"], atol=1e-5)
+  for name in ("weight_critical", "weight_other", "reduction_share"):
+    np.testing.assert_allclose(mixed["selectivity"][0][name], single["selectivity"][0][name],
+                               rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("flags, message", [
     ((), "no checkpoint at"),
     (("--num_problems=0",), "--num_problems must be >= 1"),

@@ -18,18 +18,8 @@ from critical_kl import runs_evaluation
 from critical_kl import sampling
 from critical_kl import task as task_lib
 from critical_kl import token_weights
-from critical_kl.configs import rl_default
 from conftest import adam_atol, loop_predicate_shapes  # tests/ is on sys.path under pytest
-
-
-def tiny_config(model_path, **overrides):
-  c = rl_default.get_config()
-  c.checkpoint = model_path
-  c.update(num_iterations=2, episodes_per_collect=4, num_minibatches=2, eval_episodes=4,
-           critical_eval_problems=4, matched_problems=4, checkpoint_every=1, learning_rate=1e-3,
-           temperature=2.0)
-  c.update(overrides)
-  return c
+from conftest import tiny_rl_config as tiny_config
 
 
 def test_iteration_changes_params_and_reports_metrics(tiny_model, tmp_path):

@@ -17,6 +17,12 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.checkpoint = checkpoints.DEFAULT_MODEL  # the pre-trained (and reference) model
+  # A reference ensemble for the "ensemble" arms (critical_kl/arms.py): a model directory of
+  # `python -m experiments.pretrain` with ensemble_members > 0 ("" for none). Its members' mixture
+  # is the reference of those arms: Ĵ and π_ref of the KL. With ensemble_epistemic, Ĵ also
+  # subtracts the members' disagreement (`certainty.ensemble_certainty`).
+  c.reference_ensemble = ""
+  c.ensemble_epistemic = False
   c.extra_digits = 1  # RL on N + k digits
   c.num_seeds = 1
   c.num_iterations = 20
