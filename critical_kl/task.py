@@ -64,13 +64,15 @@ class Problems(NamedTuple):
 
 
 def encode_problems(operands: np.ndarray, prompt_length: int | None = None,
-                    vocabulary: tokenizer.Vocabulary = tokenizer.DEFAULT) -> Problems:
-  """Encodes operands [B, 2] (a, b) as prompts and expected result lines."""
+                    vocabulary: tokenizer.Vocabulary = tokenizer.DEFAULT,
+                    result_length: int | None = None) -> Problems:
+  """Encodes operands [B, 2] (a, b) as prompts and expected result lines, padded on the right to
+  `prompt_length` and `result_length` (default: the longest of the batch)."""
   operands = np.asarray(operands)
   prompts, prompt_lengths = vocabulary.encode_batch(
       [arithmetic.prompt(int(a), int(b)) for a, b in operands], length=prompt_length)
   expected, expected_lengths = vocabulary.encode_batch(
-      [arithmetic.result(int(a), int(b)) for a, b in operands])
+      [arithmetic.result(int(a), int(b)) for a, b in operands], length=result_length)
   return Problems(*(jnp.asarray(x) for x in (prompts, prompt_lengths, expected, expected_lengths)))
 
 
@@ -147,8 +149,11 @@ class Batch(NamedTuple):
 
 
 def rl_batch(operands: np.ndarray, task: Task) -> Batch:
-  """The `Batch` of operands [B, 2] on the task's episode buffer."""
-  problems = encode_problems(operands, task.prompt_length, task.vocabulary)
+  """The `Batch` of operands [B, 2] on the task's episode buffer; every array has the same shape
+  for any operands of the task, so that the collects of many runs stack."""
+  nines = 10**task.digits - 1
+  problems = encode_problems(operands, task.prompt_length, task.vocabulary,
+                             result_length=len(arithmetic.result(nines, nines)))
   done = correct_completions(operands, task.n_max, task.prompt_length + task.max_new_tokens,
                              task.vocabulary)
   index = np.arange(done.tokens.shape[1])[None, :]

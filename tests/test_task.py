@@ -2,6 +2,7 @@
 RL batches drawn per (seed, run, iteration), and the episode rules as a static value."""
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -63,6 +64,18 @@ def test_rl_batch_holds_the_correct_path():
     np.testing.assert_array_equal(batch.correct[row, :end], done.tokens[row, :end])
     assert (batch.correct[row, end:] == -1).all()
   assert tokenizer.decode(np.asarray(batch.problems.expected[0])[:5]) == "1 6 8"
+
+
+def test_rl_batches_of_a_task_have_one_shape():
+  """Runs stack their collects: a batch whose longest result is short is padded like any other."""
+  task = task_lib.make_task(2, 1)
+  short, long = (task_lib.rl_batch(np.array(ops), task) for ops in ([[100, 1], [5, 7]],
+                                                                     [[999, 99], [1, 2]]))
+  for a, b in zip(jax.tree_util.tree_leaves(short), jax.tree_util.tree_leaves(long)):
+    assert a.shape == b.shape
+  assert short.problems.expected.shape[1] == len(arithmetic.result(999, 999))
+  np.testing.assert_array_equal(short.problems.expected_lengths,
+                                [len(arithmetic.result(100, 1)), len(arithmetic.result(5, 7))])
 
 
 def test_teacher_set_is_the_completions_as_floats():
