@@ -48,12 +48,14 @@ def paired_difference(out, arm: str, name: str = HEADLINE, baseline: str = "stan
   return mean_ci(ours - theirs)
 
 
-def differences(out, name: str = HEADLINE) -> dict:
-  """{arm: paired difference against "standard"} for every other arm; empty without "standard"."""
+def differences(out, name: str = HEADLINE, baseline: str = "standard") -> dict:
+  """{arm: paired difference against `baseline`} for every arm but it and "standard"; empty
+  without `baseline`."""
   names = _arm_names(out)
-  if "standard" not in names:
+  if baseline not in names:
     return {}
-  return {arm: paired_difference(out, arm, name) for arm in names if arm != "standard"}
+  others = [arm for arm in names if arm not in ("standard", baseline)]
+  return {arm: paired_difference(out, arm, name, baseline) for arm in others}
 
 
 def _cell(x) -> str:
@@ -67,9 +69,10 @@ def table(summary: dict, out) -> str:
   for arm, figures in summary.items():
     lines.append(f"{arm:34}" + "".join(f"{_cell(figures[name + '_after']):>28}"
                                        for name, _ in FIGURES))
-  for name in (HEADLINE, "accuracy"):
-    for arm, diff in differences(out, name).items():
-      lines.append(f"{arm} − standard, {dict(FIGURES)[name]} (paired by seed): {_cell(diff)}")
+  for baseline in ("standard", "prioritized"):
+    for name in (HEADLINE, "accuracy"):
+      for arm, diff in differences(out, name, baseline).items():
+        lines.append(f"{arm} − {baseline}, {dict(FIGURES)[name]} (paired by seed): {_cell(diff)}")
   return "\n".join(lines)
 
 
@@ -134,6 +137,7 @@ def result_line(out, config, plot_path: str) -> dict:
               episodes=config.num_iterations * config.episodes_per_collect,
               test_problems=config.eval_episodes, headline=HEADLINE,
               differences=differences(out), greedy_differences=differences(out, "accuracy"),
+              prioritized_differences=differences(out, baseline="prioritized"),
               reference_selectivity=out.reference,
               matched_kl_factor=next((a.kl_scale for a in out.arms if a.kind == "matched"), None),
               seconds=round(out.seconds, 1), plot=plot_path, digits=out.task.digits,

@@ -22,6 +22,9 @@ def test_main_job_runs_and_ends_with_json(tiny_model, tmp_path):
   assert result["seeds"] == 2 and result["episodes"] == 8 and result["seconds"] > 0
   assert result["test_problems"] == 4 and result["headline"] == "sampled_accuracy"
   assert list(result["differences"]) == arms[1:]
+  # And against the paper's arm, for the arms that are neither it nor standard.
+  assert list(result["prioritized_differences"]) == arms[2:]
+  assert "oracle − prioritized, sampled accuracy" in proc.stdout
   for diff in result["differences"].values():
     assert -1.0 <= diff["mean"] <= 1.0 and diff["ci95"][0] <= diff["mean"] <= diff["ci95"][1]
   # The matched arm's α factor is the reference's teacher-forced mean weight (≈ 0 for a random model).
