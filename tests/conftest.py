@@ -10,6 +10,7 @@ import pytest
 
 from critical_kl import checkpoints
 from critical_kl import model as model_lib
+from critical_kl.configs import pretrain_default
 from critical_kl.configs import rl_default
 
 jax.config.update("jax_compilation_cache_dir",
@@ -67,5 +68,19 @@ def tiny_rl_config(model_path, **overrides):
   c.update(num_iterations=2, episodes_per_collect=4, num_minibatches=2, eval_episodes=4,
            critical_eval_problems=4, matched_problems=4, checkpoint_every=1, learning_rate=1e-3,
            temperature=2.0)
+  c.update(overrides)
+  return c
+
+
+def tiny_pretrain_config(**overrides):
+  """The default pre-training config shrunk to a 1-layer, 16-wide GPT on 1..2 digits, 6 steps."""
+  c = pretrain_default.get_config()
+  c.pretrain_max_digits = 2
+  c.model.update(n_layer=1, n_head=2, n_embd=16, value_hidden=8)
+  c.batch_size = 4
+  c.num_steps = 6
+  c.warmup_steps = 2
+  c.log_every = 3
+  c.checkpoint_every = 3
   c.update(overrides)
   return c

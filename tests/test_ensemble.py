@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import adam_atol, tiny_rl_config  # tests/ is on sys.path under pytest
+from conftest import adam_atol, tiny_pretrain_config, tiny_rl_config  # tests/ on sys.path
 from critical_kl import checkpoints
 from critical_kl import finetune
 from critical_kl import model as model_lib
@@ -12,20 +12,11 @@ from critical_kl import pretrain
 from critical_kl import pretrain_config
 from critical_kl import rl_config
 from critical_kl.configs import ensemble_n5
-from critical_kl.configs import pretrain_default
 
 
 def tiny_config(**overrides):
-  c = pretrain_default.get_config()
-  c.pretrain_max_digits = 2
-  c.model.update(n_layer=1, n_head=2, n_embd=16, value_hidden=8)
-  c.batch_size = 4
-  c.num_steps = 4
-  c.warmup_steps = 2
-  c.log_every = 2
-  c.checkpoint_every = 2
-  c.update(overrides)
-  return c
+  return tiny_pretrain_config(**{"num_steps": 4, "log_every": 2, "checkpoint_every": 2,
+                                 **overrides})
 
 
 def test_members_are_the_models_trained_alone(tmp_path):

@@ -10,20 +10,9 @@ from critical_kl import checkpoints
 from critical_kl import pretrain
 from critical_kl import pretrain_config
 from critical_kl import tokenizer
-from critical_kl.configs import pretrain_default
+from conftest import tiny_pretrain_config as tiny_config  # tests/ is on sys.path under pytest
 
 
-def tiny_config(**overrides):
-  c = pretrain_default.get_config()
-  c.pretrain_max_digits = 2
-  c.model.update(n_layer=1, n_head=2, n_embd=16, value_hidden=8)
-  c.batch_size = 4
-  c.num_steps = 6
-  c.warmup_steps = 2
-  c.log_every = 3
-  c.checkpoint_every = 3
-  c.update(overrides)
-  return c
 
 
 def typed(c):

@@ -11,9 +11,10 @@ fifth of the compute for a settled answer; add it back with `--config.arms=...,n
 The update is the one calibrated for standard KL (docs/results.md, "Calibrated updates"): Adam at
 3e-5 on minibatches of 5 whole episodes, 4 steps per 20-episode collect.
 
-About six hours on a 2-core CPU (estimated from the main job's rates: about 6 s per run and
-collect of 20 episodes, 40 runs × 50 collects, and about 0.14 s per run, test problem and rollout
-for the evaluations): it checkpoints every 2 collects, and the same command resumes it (`--resume_previous` if the last
+Time on a 2-core CPU (docs/results.md, section 3): the two arms standard and prioritized
+(`--config.arms=standard,prioritized`, 20 runs) took about 65-130 s per collect depending on the
+load, about 2 hours in all with the three evaluations; the four arms take about twice that. It
+checkpoints every 2 collects, and the same command resumes it (`--resume_previous` if the last
 checkpoint was cut short). Add seeds (`--config.num_seeds=`, in a fresh workdir: every seed's
 problems and keys depend on the seed alone, so runs made apart stay paired) until the half-width of
 the prioritized − standard paired 95% interval on the sampled accuracy is at most 5 points.
