@@ -165,7 +165,7 @@ def _prepare_runs(config: rl_config_lib.RLConfig, ref_params, gpt, task: task_li
   """
   reference = reference_selectivity(ref_params, gpt, config, task)
   arms = arms_lib.resolve_matched(config.arms, reference["mean_weight"])
-  runs = [(arm.name, seed) for arm in arms for seed in range(config.num_seeds)]
+  runs = [(arm.name, seed) for arm in arms for seed in config.seeds]
   by_name = {arm.name: arm for arm in arms}
   base_key = jax.random.key(config.seed)
   state = runs_lib.stack([rl.init_state(ref_params, config, jax.random.fold_in(base_key, seed),

@@ -58,11 +58,19 @@ class RLConfig:
   # with `ensemble_epistemic` its certainty also subtracts the members' disagreement.
   reference_ensemble: str = ""
   ensemble_epistemic: bool = False
+  # The runs' seeds are first_seed .. first_seed + num_seeds - 1: a seed's problems and keys depend
+  # on it alone, so seeds run apart (in another workdir) stay paired with these.
+  first_seed: int = 0
 
   @property
   def temperature(self) -> float:
     """τ of the sampling policy."""
     return self.loss.temperature
+
+  @property
+  def seeds(self) -> range:
+    """The runs' seeds, the same for every arm."""
+    return range(self.first_seed, self.first_seed + self.num_seeds)
 
   @classmethod
   def from_config_dict(cls, config: ml_collections.ConfigDict) -> "RLConfig":
@@ -90,7 +98,8 @@ class RLConfig:
         matched_problems=config.matched_problems, checkpoint_every=config.checkpoint_every,
         mesh_shape=(1, 1) if sharding is None else (sharding.data, sharding.params),
         reference_ensemble=config.get("reference_ensemble", ""),
-        ensemble_epistemic=config.get("ensemble_epistemic", False))
+        ensemble_epistemic=config.get("ensemble_epistemic", False),
+        first_seed=config.get("first_seed", 0))
     # The ranges first, then the arm list: a bad β is reported as out of range.
     typed.validate()
     arms = arms_lib.parse(config.arms, config.beta)
@@ -113,6 +122,7 @@ class RLConfig:
               "certainty_temperature": self.certainty_temperature > 0,
               "learning_rate": self.learning_rate > 0, "extra_digits": self.extra_digits >= 1,
               "num_iterations": self.num_iterations >= 1, "num_seeds": self.num_seeds >= 1,
+              "first_seed": self.first_seed >= 0,
               "eval_chunk": self.eval_chunk >= 0,
               "gamma": 0 <= self.gamma <= 1, "lam": 0 <= self.lam <= 1}
     bad = [name for name, ok in checks.items() if not ok]

@@ -65,8 +65,9 @@ def main(_):
   if not distributed.is_main():
     return  # the main process writes the table, plot and summary
   plot_path = os.path.join(_WORKDIR.value, "learning_curves.png")
-  comparison.plot(finetune.read_history(_WORKDIR.value), out, config, plot_path)
-  result = comparison.result_line(out, config, plot_path)
+  history = finetune.read_history(_WORKDIR.value)
+  comparison.plot(history, out, config, plot_path)
+  result = comparison.result_line(out, config, plot_path, history)
   print(table(result["arms"]))
   with open(os.path.join(_WORKDIR.value, "summary.json"), "w") as f:
     json.dump(dict(result, config=config.to_dict()), f, indent=1)

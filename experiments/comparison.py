@@ -131,9 +131,29 @@ def plot(history: list[dict], out, config, path: str) -> None:
   plt.close(fig)
 
 
-def result_line(out, config, plot_path: str) -> dict:
-  """The schema shared by the main job's final JSON line and `summary.json`."""
-  return dict(arms=summarize(out), seeds=config.num_seeds,
+def per_run(out) -> list[dict]:
+  """Every run's figures before and after RL: what `merge_runs` pairs by seed across workdirs."""
+  return [dict(arm=arm, seed=seed,
+               **{f"{name}_{when}": float(values[name][i]) for name, _ in FIGURES
+                  for when, values in (("before", out.before), ("after", out.after))})
+          for i, (arm, seed) in enumerate(out.runs)]
+
+
+def curves(history: list[dict], out, config) -> dict:
+  """{figure: {"episodes": [K], "values": [K][R]}} of the learning curves, runs in `out.runs`
+  order: what `merge_runs` needs to draw the curves of runs made apart."""
+  result = {}
+  for name in (HEADLINE, "critical_probability"):
+    x, values = _curve_points(history, out, name, config.episodes_per_collect)
+    result[name] = dict(episodes=x.tolist(), values=np.asarray(values, float).tolist())
+  return result
+
+
+def result_line(out, config, plot_path: str, history: list[dict] | None = None) -> dict:
+  """The schema shared by the main job's final JSON line and `summary.json`; with `history`, the
+  learning curves (`curves`) too."""
+  extra = {} if history is None else dict(curves=curves(history, out, config))
+  return dict(**extra,arms=summarize(out), seeds=config.num_seeds, runs=per_run(out),
               episodes=config.num_iterations * config.episodes_per_collect,
               test_problems=config.eval_episodes, headline=HEADLINE,
               differences=differences(out), greedy_differences=differences(out, "accuracy"),

@@ -41,7 +41,7 @@ def main(_):
   history = finetune.read_history(_WORKDIR.value)
   plot_path = os.path.join(_WORKDIR.value, "learning_curves.png")
   comparison.plot(history, out, config, plot_path)
-  result = comparison.result_line(out, config, plot_path)
+  result = comparison.result_line(out, config, plot_path, history)
   print(comparison.table(result["arms"], out))
   with open(os.path.join(_WORKDIR.value, "summary.json"), "w") as f:
     json.dump(dict(result, config=config.to_dict()), f, indent=1)

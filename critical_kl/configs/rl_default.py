@@ -25,6 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.ensemble_epistemic = False
   c.extra_digits = 1  # RL on N + k digits
   c.num_seeds = 1
+  # Seeds first_seed .. first_seed + num_seeds - 1; a seed's problems and keys depend on it alone,
+  # so more seeds can run later in another workdir and be merged (experiments.merge_runs).
+  c.first_seed = 0
   c.num_iterations = 20
   c.episodes_per_collect = 50  # [paper] 50 episodes per collect, 1 update pass
   c.num_minibatches = 5  # [ours] minibatches of whole episodes
