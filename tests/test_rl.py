@@ -87,6 +87,12 @@ def test_vmapped_seeds_equal_single_runs(tiny_model, tmp_path):
   atol = adam_atol(c.learning_rate, c.num_iterations * c.num_minibatches)
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=atol),
                          both.params, alone.params)
+  # Seed 1 run apart (first_seed): the second run of the pair, so that runs made apart stay paired.
+  c2 = tiny_config(tiny_model, num_seeds=1, first_seed=1, arms="standard")
+  apart = finetune.finetune(c2, str(tmp_path / "apart"), log=lambda _: None)
+  assert apart.runs == [("standard", 1)]
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a[1], b[0], rtol=1e-5, atol=atol),
+                         both.params, apart.params)
 
 
 def test_arms_share_problems_but_differ_by_weights(tiny_model, tmp_path):

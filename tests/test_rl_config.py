@@ -56,6 +56,7 @@ def test_typed_configs_are_frozen_and_hashable():
     ("beta", -1.0, "beta"), ("temperature", 0.0, "temperature"), ("intercept", 0.5, "intercept"),
     ("loss", "reinforce", "unknown loss 'reinforce'"), ("eval_chunk", -1, "eval_chunk=-1"),
     ("gamma", 1.5, "gamma"), ("lam", -0.1, "lam"), ("num_seeds", 0, "num_seeds"),
+    ("first_seed", -1, "first_seed"),
     ("grad_clip", -1.0, "grad_clip"), ("learning_rate", 0.0, "learning_rate"),
     ("extra_digits", 0, "extra_digits"), ("certainty_temperature", 0.0, "certainty_temperature"),
     ("num_minibatches", 3, "multiple of num_minibatches"), ("arms", "standard,foo", "unknown arm"),

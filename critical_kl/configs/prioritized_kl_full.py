@@ -15,9 +15,11 @@ Time on a 2-core CPU (docs/results.md, section 3): the two arms standard and pri
 (`--config.arms=standard,prioritized`, 20 runs) took about 65-130 s per collect depending on the
 load, about 2 hours in all with the three evaluations; the four arms take about twice that. It
 checkpoints every 2 collects, and the same command resumes it (`--resume_previous` if the last
-checkpoint was cut short). Add seeds (`--config.num_seeds=`, in a fresh workdir: every seed's
-problems and keys depend on the seed alone, so runs made apart stay paired) until the half-width of
-the prioritized − standard paired 95% interval on the sampled accuracy is at most 5 points.
+checkpoint was cut short). Add seeds in another workdir with `--config.first_seed=` (every seed's
+problems and keys depend on the seed alone, so runs made apart stay paired), then join the parts
+with `python -m experiments.merge_runs --summaries=A/summary.json,B/summary.json --out=...`, until
+the half-width of the prioritized − standard paired 95% interval on the sampled accuracy is at
+most 5 points.
 """
 from critical_kl.configs import prioritized_kl
 
