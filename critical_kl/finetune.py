@@ -230,7 +230,7 @@ def _finetune(config: rl_config_lib.RLConfig, config_dict: dict, workdir: str, o
                arms=[dataclasses.asdict(arm) for arm in job.arms])
   mngr, metrics_path, state, start = _open_workdir(workdir, overwrite, job.state, saved,
                                                    resume_previous, log)
-  log(f"{len(job.runs)} runs ({', '.join(a.name for a in job.arms)} × {config.num_seeds} seeds) "
+  log(f"{len(job.runs)} runs ({', '.join(a.name for a in job.arms)} × seeds {config.seeds[0]}..{config.seeds[-1]}) "
       f"on {task.digits}-digit problems; reference Ĵ^β weights: "
       f"{reference['weight_critical']:.3f} on critical tokens, {reference['weight_other']:.3f} on "
       f"others, {100 * reference['reduction_share']:.1f}% of the reduction on critical tokens; "

@@ -31,6 +31,10 @@ def test_main_job_runs_and_ends_with_json(tiny_model, tmp_path):
   assert result["matched_kl_factor"] == result["reference_selectivity"]["mean_weight"]
   assert 0.0 <= result["matched_kl_factor"] <= 1.0
   assert os.path.getsize(result["plot"]) > 1000
+  # Every run's figures and the curves, so that runs made apart can be merged (merge_runs).
+  assert [(r["arm"], r["seed"]) for r in result["runs"]] == [(a, s) for a in arms for s in (0, 1)]
+  assert set(result["curves"]) == {"sampled_accuracy", "critical_probability", "success"}
+  assert result["curves"]["sampled_accuracy"]["episodes"] == [0, 4, 8]
   with open(tmp_path / "summary.json") as f:
     summary = json.load(f)
   assert summary["config"]["num_seeds"] == 2
