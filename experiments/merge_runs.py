@@ -105,7 +105,7 @@ def merge(parts: list[dict], names: list[str], plot_path: str = "") -> dict:
 
 
 def main(_):
-  if not _SUMMARIES.value or not _OUT.value:
+  if not _SUMMARIES.value or len(_SUMMARIES.value) < 2 or not _OUT.value:
     raise app.UsageError("--summaries (two or more summary.json files) and --out are required")
   parts = []
   for path in _SUMMARIES.value:
@@ -113,7 +113,8 @@ def main(_):
       parts.append(json.load(f))
   plot_path = _PLOT.value or os.path.join(os.path.dirname(_OUT.value) or ".", "learning_curves.png")
   merged = merge(parts, _SUMMARIES.value, plot_path)  # a ValueError exits with status 2
-  os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
+  for path in (_OUT.value, plot_path):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   o = comparison.outcomes_of_runs(list(merged["arms"]), merged["runs"])
   if merged["curves"]:
     comparison.plot_curves(merged["curves"], o, plot_path, merged["temperature"],
