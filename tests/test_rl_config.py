@@ -98,3 +98,28 @@ def test_pretrain_validation(field, value, message):
     c[field] = value
   with pytest.raises(ValueError, match=message):
     pretrain_config.PretrainConfig.from_config_dict(c)
+
+
+def _config_modules():
+  """Every config file that takes no argument (the paper-scale ones with `:N` have their own
+  tests in test_paper_configs.py)."""
+  import importlib
+  import inspect
+  import pkgutil
+  from critical_kl import configs
+  for info in pkgutil.iter_modules(configs.__path__):
+    module = importlib.import_module(f"critical_kl.configs.{info.name}")
+    if not inspect.signature(module.get_config).parameters:
+      yield info.name, module
+
+
+@pytest.mark.parametrize("name,module", list(_config_modules()), ids=lambda x: x
+                         if isinstance(x, str) else "")
+def test_every_config_file_builds_its_typed_config(name, module):
+  """A pre-training config (it has `pretrain_max_digits`) or an RL config (it has `arms`) passes
+  the validation of its loop's entry, so that a shipped command does not stop on its config."""
+  c = module.get_config()
+  if "pretrain_max_digits" in c:
+    assert pretrain_config.PretrainConfig.from_config_dict(c).num_steps > 0
+  else:
+    assert rl_config.RLConfig.from_config_dict(c).arms, name
