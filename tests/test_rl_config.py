@@ -1,10 +1,14 @@
 """The typed configs: built once from a ConfigDict, validated there, frozen and hashable."""
 import dataclasses
+import importlib
+import inspect
+import pkgutil
 
 import pytest
 
 from critical_kl import arms
 from critical_kl import certainty
+from critical_kl import configs
 from critical_kl import pretrain
 from critical_kl import pretrain_config
 from critical_kl import rl_config
@@ -100,26 +104,25 @@ def test_pretrain_validation(field, value, message):
     pretrain_config.PretrainConfig.from_config_dict(c)
 
 
-def _config_modules():
-  """Every config file that takes no argument (the paper-scale ones with `:N` have their own
-  tests in test_paper_configs.py)."""
-  import importlib
-  import inspect
-  import pkgutil
-  from critical_kl import configs
-  for info in pkgutil.iter_modules(configs.__path__):
-    module = importlib.import_module(f"critical_kl.configs.{info.name}")
-    if not inspect.signature(module.get_config).parameters:
-      yield info.name, module
+
+def _argument_free_configs() -> list[str]:
+  """Every config file whose `get_config` takes no argument (the paper-scale ones, with `:N`,
+  have their own tests in test_paper_configs.py)."""
+  names = [info.name for info in pkgutil.iter_modules(configs.__path__)]
+  return [name for name in names
+          if not inspect.signature(_config_module(name).get_config).parameters]
 
 
-@pytest.mark.parametrize("name,module", list(_config_modules()), ids=lambda x: x
-                         if isinstance(x, str) else "")
-def test_every_config_file_builds_its_typed_config(name, module):
-  """A pre-training config (it has `pretrain_max_digits`) or an RL config (it has `arms`) passes
-  the validation of its loop's entry, so that a shipped command does not stop on its config."""
-  c = module.get_config()
+def _config_module(name: str):
+  return importlib.import_module(f"critical_kl.configs.{name}")
+
+
+@pytest.mark.parametrize("name", _argument_free_configs())
+def test_every_config_file_builds_its_typed_config(name):
+  """A pre-training config (it has `pretrain_max_digits`) or an RL config passes the validation
+  of its loop's entry, so that a documented command does not stop on its config."""
+  c = _config_module(name).get_config()
   if "pretrain_max_digits" in c:
     assert pretrain_config.PretrainConfig.from_config_dict(c).num_steps > 0
   else:
-    assert rl_config.RLConfig.from_config_dict(c).arms, name
+    assert rl_config.RLConfig.from_config_dict(c).arms
