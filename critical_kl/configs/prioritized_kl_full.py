@@ -14,8 +14,9 @@ The update is the one calibrated for standard KL (docs/results.md, "Calibrated u
 Time on a 2-core CPU (docs/results.md, section 3): the two arms standard and prioritized
 (`--config.arms=standard,prioritized`, 20 runs) took about 65-130 s per collect depending on the
 load, about 2 hours in all with the three evaluations; the four arms take about twice that. A
-part of 4 seeds (8 runs, `--config.first_seed=10 --config.num_seeds=4`) took 49 minutes: fewer
-runs per program are cheaper in all but not in proportion (about 40 s per collect). It
+part of 4 seeds (8 runs, `--config.first_seed=10 --config.num_seeds=4`) took 49 minutes on an AMD
+EPYC, at about 40 s per collect against about 95 s for the 20 runs there: the cost is about in
+proportion to the runs, so seeds may be split into parts that fit a working stretch. It
 checkpoints every 2 collects, and the same command resumes it (`--resume_previous` if the last
 checkpoint was cut short). Add seeds in another workdir with `--config.first_seed=` (every seed's
 problems and keys depend on the seed alone, so runs made apart stay paired), then join the parts
