@@ -1,5 +1,5 @@
-"""The main experiment powered to resolve 5 points: 10 seeds per arm, 400 test problems, 1,000
-episodes per run, learning curves at 0, 500 and 1,000 episodes.
+"""The main experiment powered to resolve 5 points: 10 seeds per arm (more are added in parts),
+400 test problems, 1,000 episodes per run, learning curves at 0, 500 and 1,000 episodes.
 
   python -m experiments.prioritized_kl --config=critical_kl/configs/prioritized_kl_full.py \
       --workdir=runs/prioritized_kl_full
@@ -11,18 +11,18 @@ fifth of the compute for a settled answer; add it back with `--config.arms=...,n
 The update is the one calibrated for standard KL (docs/results.md, "Calibrated updates"): Adam at
 3e-5 on minibatches of 5 whole episodes, 4 steps per 20-episode collect.
 
-Time on a 2-core CPU (docs/results.md, section 3): the two arms standard and prioritized
-(`--config.arms=standard,prioritized`, 20 runs) took about 65-130 s per collect depending on the
-load, about 2 hours in all with the three evaluations; the four arms take about twice that. A
-part of 4 seeds (8 runs, `--config.first_seed=10 --config.num_seeds=4`) took 49 minutes on an AMD
-EPYC, at about 40 s per collect against about 95 s for the 20 runs there: the cost is about in
-proportion to the runs, so seeds may be split into parts that fit a working stretch. It
-checkpoints every 2 collects, and the same command resumes it (`--resume_previous` if the last
-checkpoint was cut short). Add seeds in another workdir with `--config.first_seed=` (every seed's
-problems and keys depend on the seed alone, so runs made apart stay paired), then join the parts
-with `python -m experiments.merge_runs --summaries=A/summary.json,B/summary.json --out=...`, until
-the half-width of the prioritized − standard paired 95% interval on the sampled accuracy is at
-most 5 points.
+Time on a 2-core CPU (docs/results.md, section 3; AMD EPYC, nothing else running): the two arms
+standard and prioritized (`--config.arms=standard,prioritized`) of seeds 0-9 (20 runs) took 1 h
+54 min, at 88-97 s per collect, with evaluations of 84 s before, 11 minutes during and 27 minutes
+after RL; the four arms take about twice that. The cost is about in proportion to the runs (a part
+of 4 seeds, 8 runs, took 49 minutes at about 40 s per collect), so seeds may be split into parts
+that fit a working stretch. It checkpoints every 2 collects, and the same command resumes it
+(`--resume_previous` if the last checkpoint was cut short). Add seeds in another workdir with
+`--config.first_seed=` (every seed's problems and keys depend on the seed alone, so runs made apart
+stay paired), then join the parts with `python -m experiments.merge_runs
+--summaries=A/summary.json,B/summary.json --out=...`, until the half-width of the prioritized -
+standard paired 95% interval on the sampled accuracy is at most 5 points: the committed summary
+(`docs/runs/prioritized_kl_full/summary.json`) merges seeds 0-17, made in parts this way.
 """
 from critical_kl.configs import prioritized_kl
 
