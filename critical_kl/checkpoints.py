@@ -7,13 +7,14 @@ is never loaded into a model of another shape). An exported model (what the pack
 text of each token id; a model saved without one (the shipped model) uses `tokenizer.DEFAULT`.
 
 Whatever can be wrong with a checkpoint on disk (a missing or damaged file, a config that does not
-parse or describes another model) is raised as one `CheckpointError` naming the path and the
+parse or describes another model or run) is raised as one `CheckpointError` naming the path and the
 problem, not as Orbax's or TensorStore's own exceptions.
 """
 import contextlib
 import gc
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -115,15 +116,16 @@ def _reason(error: Exception) -> str:
   return f"{type(error).__name__}: {text[:240]}"
 
 
-def _restore_step(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, config: dict):
-  """Restores checkpoint `step`; CheckpointError if it is damaged or of another model."""
+def _restore_step(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, config: dict,
+                  same_fields: tuple[str, ...]):
+  """Restores checkpoint `step`; CheckpointError if it is damaged or of another model or run."""
   where = os.path.join(mngr.directory, str(step))
   try:
     saved = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
   except Exception as e:  # pylint: disable=broad-except  (any failure means: damaged)
     raise CheckpointError(f"checkpoint {where} is damaged: its config cannot be read "
                           f"({_reason(e)})") from e
-  check_same_model(saved, config, where)
+  check_same_config(saved, config, where, same_fields)
   try:
     with _one_error_only(where):
       restored = mngr.restore(step, args=ocp.args.Composite(
@@ -135,26 +137,29 @@ def _restore_step(mngr: ocp.CheckpointManager, step: int, abstract_state: Any, c
 
 
 def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any, config: dict,
-                   resume_previous: bool = False, log=print):
+                   resume_previous: bool = False, log=print,
+                   same_fields: tuple[str, ...] = ("model",)):
   """Restores the latest state, or returns None when the directory has no checkpoint.
 
   Args:
     mngr: the run's manager.
     abstract_state: the state's structure (arrays or `jax.ShapeDtypeStruct`s, with shardings).
-    config: the run's saved config; its model fields must equal the checkpoint's.
+    config: the run's saved config.
     resume_previous: when the latest checkpoint is damaged, delete it and restore the one before
       (a run killed while the disk filled up, say) instead of raising.
     log: where the fall-back is reported.
+    same_fields: the top-level fields of `config` that must equal the checkpoint's (a resumed
+      run must be the same model, and for RL the same runs); the others may change on resume.
 
   Raises:
-    CheckpointError: when the saved config differs from `config` in any of `config`'s
-      architecture fields (a resumed run must be the same model), or when the latest checkpoint
-      is damaged and `resume_previous` is False (or no earlier one is intact).
+    CheckpointError: when the checkpoint's config differs from `config` in one of `same_fields`
+      (checked before the state is read, so a mismatch is never taken for damage), or when the
+      latest checkpoint is damaged and `resume_previous` is False (or no earlier one is intact).
   """
   steps = sorted(mngr.all_steps(), reverse=True)
   for i, step in enumerate(steps):
     try:
-      return _restore_step(mngr, step, abstract_state, config)
+      return _restore_step(mngr, step, abstract_state, config, same_fields)
     except CheckpointError as e:
       if "damaged" not in str(e):
         raise
@@ -168,12 +173,40 @@ def restore_latest(mngr: ocp.CheckpointManager, abstract_state: Any, config: dic
   return None
 
 
-def check_same_model(saved: dict, wanted: dict, where) -> None:
-  saved_model, wanted_model = saved.get("model", {}), wanted.get("model", {})
-  diff = {k: (saved_model.get(k), v) for k, v in wanted_model.items() if saved_model.get(k) != v}
-  if diff:
-    details = ", ".join(f"{k}: saved {a!r} vs requested {b!r}" for k, (a, b) in diff.items())
-    raise CheckpointError(f"checkpoint at {where} belongs to another model config ({details})")
+def check_same_config(saved: dict, wanted: dict, where, fields: tuple[str, ...] = ("model",)):
+  """CheckpointError naming each difference between `saved` and `wanted` in `fields`."""
+  # Compared as JSON, the form `saved` was read back in (tuples become lists).
+  wanted = json.loads(json.dumps({k: wanted.get(k) for k in fields}))
+  diffs = []
+  for field in fields:
+    a, b = saved.get(field), wanted[field]
+    if isinstance(a, dict) and isinstance(b, dict):
+      diffs += [(f"{field}.{k}", a.get(k), v) for k, v in b.items() if not _same(a.get(k), v)]
+    elif not _same(a, b):
+      diffs.append((field, a, b))
+  if diffs:
+    details = ", ".join(f"{k}: saved {_short(a)} vs requested {_short(b)}" for k, a, b in diffs)
+    what = "model" if fields == ("model",) else "run"
+    raise CheckpointError(f"checkpoint at {where} belongs to another {what} config ({details}); "
+                          "use another workdir, or overwrite this one")
+
+
+def _same(a, b) -> bool:
+  """Equal JSON values; floats to 1e-5 relative, since a value computed in float32 from the
+  reference (the matched arm's α factor) differs in its last bits between CPU models."""
+  if isinstance(a, float) or isinstance(b, float):
+    return (isinstance(a, (int, float)) and isinstance(b, (int, float))
+            and math.isclose(a, b, rel_tol=1e-5))
+  if isinstance(a, dict) and isinstance(b, dict):
+    return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+  if isinstance(a, list) and isinstance(b, list):
+    return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+  return a == b
+
+
+def _short(value, limit: int = 160) -> str:
+  text = repr(value)
+  return text if len(text) <= limit else text[:limit] + "..."
 
 
 def export(directory: str, params: Any, config: dict, overwrite: bool = False) -> None:

@@ -178,6 +178,15 @@ def _prepare_runs(config: rl_config_lib.RLConfig, ref_params, gpt, task: task_li
                initial_params, ref_params, reference)
 
 
+# The config fields a resumed workdir may change: how long it runs, how often it is evaluated or
+# checkpointed, where the reference lives (the repository moved; its model fields are still
+# compared) and the device mesh. Any other change (seeds, arms, a hyper-parameter) would continue
+# runs trained under another config and label them with this one.
+RESUMABLE_FIELDS = frozenset({"num_iterations", "eval_episodes", "eval_chunk", "eval_every",
+                              "critical_eval_problems", "checkpoint_every", "checkpoint",
+                              "sharding"})
+
+
 def _open_workdir(workdir: str, overwrite: bool, state: rl.RLState, saved: dict,
                   resume_previous: bool, log):
   """The checkpoint manager, the metrics path, the state to start from and its iteration: the
@@ -188,8 +197,9 @@ def _open_workdir(workdir: str, overwrite: bool, state: rl.RLState, saved: dict,
   if overwrite and os.path.exists(metrics_path) and main:
     os.remove(metrics_path)
   start = 0
+  same = tuple(sorted(set(saved) - RESUMABLE_FIELDS))
   restored = checkpoints.restore_latest(mngr, dict(state=state._asdict(), iteration=0), saved,
-                                        resume_previous, log)
+                                        resume_previous, log, same_fields=same)
   if restored is not None:
     state, start = rl.RLState(**restored["state"]), int(restored["iteration"])
     log(f"resumed from iteration {start} in {mngr.directory}")

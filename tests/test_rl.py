@@ -1,5 +1,6 @@
 """RL fine-tuning: one iteration, vmapped seeds equal to single runs, exact resumption, bad input."""
 import json
+import os
 import subprocess
 import sys
 
@@ -174,6 +175,24 @@ def test_resume_equals_uninterrupted(tiny_model, tmp_path):
   jax.tree_util.tree_map(np.testing.assert_array_equal, straight.params, resumed.params)
   with open(tmp_path / "b" / "metrics.jsonl") as f:
     assert [json.loads(l)["iteration"] for l in f] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("change,named", [
+    (dict(first_seed=5), "first_seed: saved 0 vs requested 5"),  # same shapes: would resume
+    (dict(kl_coef=1.0), "kl_coef"),
+    (dict(num_seeds=3), "num_seeds"),  # other shapes: used to be taken for damage
+    (dict(arms="prioritized,standard"), "arms")])
+def test_resume_of_other_runs_is_refused_and_deletes_nothing(tiny_model, tmp_path, change, named):
+  finetune.finetune(tiny_config(tiny_model, num_iterations=2), str(tmp_path), log=lambda _: None)
+  with pytest.raises(checkpoints.CheckpointError, match=f"another run config .*{named}"):
+    finetune.finetune(tiny_config(tiny_model, num_iterations=3, **change), str(tmp_path),
+                      log=lambda _: None, resume_previous=True)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["1", "2"]
+  # What only changes the length, the evaluation or the checkpoint cadence does resume.
+  logs = []
+  finetune.finetune(tiny_config(tiny_model, num_iterations=3, eval_episodes=8,
+                                checkpoint_every=3), str(tmp_path), log=logs.append)
+  assert any("resumed from iteration 2" in line for line in logs)
 
 
 @pytest.mark.parametrize("field,value,message", [
