@@ -8,7 +8,9 @@ seeded by (seed, s), so a resumed run sees exactly the batches an uninterrupted 
 drawn from "RL on N+j" problems (j uniform in 1..k) whose critical decisions are held out of the
 loss: the critical tokens of SPEC §6 and the `]` that closes each critical run. Such a reference
 learns everything about longer numbers but when to stop copying an operand, the decision the paper
-finds uncertain; `config.init_checkpoint` starts from an exported model's parameters.
+finds uncertain. With `config.held_out_scope = "lines"` the loss skips every token of those rows up
+to the end of the last line with a critical token, so nothing in them is learnt by reading the
+longer operand. `config.init_checkpoint` starts from an exported model's parameters.
 
 [ours] With `config.ensemble_members = K > 0` the run trains K models in one vmapped program, a
 reference ensemble (the paper's footnote 2): member k draws its own problems and start positions
@@ -58,10 +60,21 @@ def _sample_problems(config: pretrain_config_lib.PretrainConfig, rng: np.random.
   return operands, longer
 
 
-def held_out_mask(a: int, b: int, n_max: int) -> np.ndarray:
-  """bool [len(scratchpad(a, b))]: the critical tokens and the `]` closing each critical run."""
+def held_out_mask(a: int, b: int, n_max: int, scope: str = "decisions") -> np.ndarray:
+  """bool [len(scratchpad(a, b))]: the completion tokens a held-out row leaves out of the loss.
+
+  scope "decisions": the critical tokens and the `]` closing each critical run. scope "lines":
+  every token up to the end of the last line holding a critical token (its `\n` included), so
+  that no target of the row depends on reading the longer operand from the prompt: the later
+  lines copy their lists from the line above.
+  """
   completion = arithmetic.scratchpad(a, b)
   mask = arithmetic.critical_mask(a, b, n_max)
+  if scope == "lines":
+    last = np.flatnonzero(mask).max(initial=-1)
+    end = completion.find("\n", last) if last >= 0 else -1
+    mask[:end + 1] = True
+    return mask
   after = np.flatnonzero(mask) + 1
   mask[after[[completion[i] == "]" for i in after]]] = True
   return mask
@@ -89,7 +102,8 @@ def make_batch(config: pretrain_config_lib.PretrainConfig, step: int,
   index = np.arange(length)[None, :]
   for row in np.flatnonzero(longer):
     a, b = (int(x) for x in operands[row])
-    held = np.flatnonzero(held_out_mask(a, b, config.pretrain_max_digits))
+    held = np.flatnonzero(held_out_mask(a, b, config.pretrain_max_digits,
+                                             config.held_out_scope))
     loss_mask[row, prompt_lengths[row] + held] = False
   offsets = np.zeros((len(operands), 1), np.int64)
   if config.random_start_positions:

@@ -28,6 +28,10 @@ def saved_config(config: ml_collections.ConfigDict) -> dict:
   d["vocabulary"] = tokenizer.DEFAULT.to_dict()
   return d
 
+# What the loss skips in a held-out row: the critical decisions only, or every completion token up
+# to the end of the last line that holds one (`pretrain.held_out_mask`).
+HELD_OUT_SCOPES = ("decisions", "lines")
+
 
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
@@ -52,6 +56,7 @@ class PretrainConfig:
   eval_num_examples: int
   mesh_shape: tuple[int, int] = (1, 1)  # (data, params) devices; data 0: all devices // params
   ensemble_members: int = 0  # K > 0: K models at once, member k with seed + k (`pretrain`)
+  held_out_scope: str = "decisions"  # what the loss skips in held-out rows (`pretrain`)
 
   def member(self, k: int) -> "PretrainConfig":
     """Member k of an ensemble alone: seed + k, no ensemble."""
@@ -69,12 +74,13 @@ class PretrainConfig:
     Raises:
       ValueError: on settings that cannot run.
     """
-    optional = ("model", "mesh_shape", "ensemble_members")
+    optional = ("model", "mesh_shape", "ensemble_members", "held_out_scope")
     names = [f.name for f in dataclasses.fields(cls) if f.name not in optional]
     sharding = config.get("sharding")
     typed = cls(model=model_config(config), **{name: config[name] for name in names},
                 mesh_shape=(1, 1) if sharding is None else (sharding.data, sharding.params),
-                ensemble_members=config.get("ensemble_members", 0))
+                ensemble_members=config.get("ensemble_members", 0),
+                held_out_scope=config.get("held_out_scope", "decisions"))
     typed.validate()
     return typed
 
@@ -95,6 +101,9 @@ class PretrainConfig:
     if self.held_out_digits < 0 or not 0 <= self.held_out_fraction <= 1:
       raise ValueError(f"held_out_digits must be >= 0 and held_out_fraction in [0, 1], got "
                        f"{self.held_out_digits} and {self.held_out_fraction}")
+    if self.held_out_scope not in HELD_OUT_SCOPES:
+      raise ValueError(f"held_out_scope must be one of {HELD_OUT_SCOPES}, got "
+                       f"{self.held_out_scope!r}")
     needed = arithmetic.max_sequence_length(self.longest_operand)
     if self.model.block_size < needed:
       raise ValueError(f"block_size {self.model.block_size} cannot hold a "

@@ -9,7 +9,7 @@ small one means it mostly lowers the KL a little everywhere.
 `selectivity` is a pure jnp function, used inside the jitted RL iteration on sampled episodes;
 `teacher_forced_grid` evaluates it for a reference model on correct completions over a grid of
 (certainty method, τ_c, β); `deviation_analysis` asks whether the tokens the weights spare decide
-the episode.
+the episode; `reduction_by_place` says where along the completion the reduction falls.
 """
 from collections.abc import Sequence
 
@@ -123,6 +123,53 @@ def teacher_forced_grid(params, gpt, operands: np.ndarray, n_max: int, *,
                          critical_tokens=int(critical.sum()),
                          other_tokens=int((~critical).sum()), auroc=area))
   return rows
+
+
+# Where a non-critical token sits (`reduction_by_place`): the scratchpad lines that hold critical
+# tokens, the later step lines, and the rest (the closing line, `</scratch>`, the result).
+OTHER_PLACES = ("other, lines 1-3", "other, later lines", "other, closing and result")
+
+
+def _places(a: int, b: int, n_max: int) -> list[str]:
+  """str [len(scratchpad(a, b))]: each token's place (critical tokens by line and name)."""
+  text = arithmetic.scratchpad(a, b)
+  newline = np.array([ch == "\n" for ch in text])
+  line = np.cumsum(newline) - newline - 1  # a line owns its "\n"; step lines from 1
+  steps = text.count("\n") - 5  # less the leading "\n", `<scratch>`, closing, `</scratch>`, result
+  places = [OTHER_PLACES[0] if 1 <= k <= arithmetic.CRITICAL_LINES else
+            OTHER_PLACES[1] if 1 <= k <= steps else OTHER_PLACES[2] for k in line]
+  for token in arithmetic.critical_tokens(a, b, n_max):
+    places[token["offset"]] = f"critical, line {token['line']} {token['name']}"
+  return places
+
+
+def reduction_by_place(operands: np.ndarray, n_max: int, weights: Sequence[np.ndarray],
+                       low: float = 0.3) -> list[dict]:
+  """Where along the correct completions the reduction Σ(1 − w) falls.
+
+  Args:
+    operands: int [n, 2], the problems.
+    n_max: N of the reference's pre-training (places the critical tokens).
+    weights: one array [C_i] per problem, the weights along its correct completion (e.g. the
+      teacher-forced Ĵ^β).
+    low: the weight below which a token counts as spared.
+
+  Returns:
+    One dict per place (critical tokens by line and name, sorted, then `OTHER_PLACES`):
+    place, tokens, mean_weight, spared (share of its tokens with w < low) and share (its part of
+    the total reduction).
+  """
+  by_place: dict[str, list[float]] = {}
+  for (a, b), w in zip(np.asarray(operands).reshape(-1, 2), weights, strict=True):
+    for place, wi in zip(_places(int(a), int(b), n_max), np.asarray(w, np.float64), strict=True):
+      by_place.setdefault(place, []).append(wi)
+  total = sum(np.sum(1.0 - np.array(v)) for v in by_place.values())
+  order = sorted(p for p in by_place if p.startswith("critical")) + [
+      p for p in OTHER_PLACES if p in by_place]
+  return [dict(place=p, tokens=len(by_place[p]), mean_weight=float(np.mean(by_place[p])),
+               spared=float(np.mean(np.array(by_place[p]) < low)),
+               share=float(np.sum(1.0 - np.array(by_place[p])) / total) if total > 0 else 0.0)
+          for p in order]
 
 
 def deviation_analysis(completions: Sequence[str], operands: np.ndarray, n_max: int,

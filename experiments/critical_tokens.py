@@ -48,6 +48,9 @@ _WEIGHT_TEMPERATURE = flags.DEFINE_float(
     "(the RL default).")
 _WEIGHT_BETA = flags.DEFINE_float("weight_beta", 150.0,
                                   "β of the KL weights in the deviation analysis.")
+_BY_PLACE = flags.DEFINE_bool(
+    "by_place", True, "Print where along the correct completions the reduction Σ(1 − w) of the "
+    "weights of the deviation analysis falls: critical tokens by line, other tokens by place.")
 _GRID_METHODS = flags.DEFINE_list("grid_methods", ["negentropy_max_prob"],
                                   "Certainty methods of the selectivity grid.")
 _GRID_TEMPERATURES = flags.DEFINE_list("grid_certainty_temperatures", ["0.25", "0.5", "1", "2", "4"],
@@ -182,6 +185,24 @@ def _deviation_report(params, gpt, vocabulary, rng: np.random.Generator, digits:
   return report
 
 
+def _place_report(params, gpt, vocabulary, operands: np.ndarray, n_max: int,
+                  ensemble: dict) -> list[dict]:
+  """Prints and returns `selectivity.reduction_by_place` of Ĵ^β on the teacher-forced problems."""
+  forced = critical_tokens.teacher_forced(params, gpt, operands, n_max,
+                                          certainty_method=_CERTAINTY_METHOD.value,
+                                          certainty_temperature=_WEIGHT_TEMPERATURE.value,
+                                          vocabulary=vocabulary, **ensemble)
+  weights = [np.power(c.astype(np.float64), _WEIGHT_BETA.value) for c in forced.certainty]
+  rows = selectivity.reduction_by_place(operands, n_max, weights)
+  print(f"\nwhere the reduction Σ(1 − w) falls, w = Ĵ^{_WEIGHT_BETA.value:g} at "
+        f"τ_c={_WEIGHT_TEMPERATURE.value:g} (same problems, teacher-forced; spared: w < 0.3)")
+  print(f"{'place':34}{'tokens':>8}{'mean w':>9}{'spared':>8}{'share':>8}")
+  for r in rows:
+    print(f"{r['place']:34}{r['tokens']:>8}{r['mean_weight']:>9.4f}{r['spared']:>8.2f}"
+          f"{r['share']:>8.3f}")
+  return rows
+
+
 def main(_):
   _validate_flags()
   params, gpt, saved = checkpoints.load_model(_CHECKPOINT.value)
@@ -219,6 +240,9 @@ def main(_):
   deviations = (_deviation_report(params, gpt, vocabulary, rng, digits, n_max)
                 if _SAMPLED.value and generate else None)
 
+  places = (_place_report(params, gpt, vocabulary, operands, n_max, ensemble)
+            if _BY_PLACE.value else None)
+
   temperatures, betas = _grid_values()
   grid = []
   if betas and temperatures:
@@ -255,7 +279,8 @@ def main(_):
       paper_table_1=PAPER_TABLE_1.get(n_max),
       critical_token_probability=probability["mean_probability"],
       critical_all_greedy_right=probability["all_greedy_right"],
-      failures=failures, deviations=deviations, selectivity=grid, html=_HTML.value)))
+      failures=failures, deviations=deviations, selectivity=grid,
+      reduction_by_place=places, html=_HTML.value)))
 
 
 if __name__ == "__main__":

@@ -190,6 +190,10 @@ def test_experiment_runs_end_to_end(exported, tmp_path):
   assert summary["delta_j_critical"] is not None
   assert summary["failures"]["num_problems"] == 4
   assert "ΔĴ" in proc.stdout and "first error at a critical token" in proc.stdout
+  places = summary["reduction_by_place"]
+  assert "where the reduction" in proc.stdout and places[-1]["place"].startswith("other")
+  assert sum(r["tokens"] for r in places) > 4 * 20
+  assert sum(r["share"] for r in places) == pytest.approx(1.0, abs=1e-6)
   with open(html, encoding="utf-8") as f:
     assert f.read().count("<span style=") > 100
 

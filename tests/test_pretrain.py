@@ -44,6 +44,39 @@ def test_fixed_positions_without_random_start():
   np.testing.assert_array_equal(positions[0], np.arange(positions.shape[1]))
 
 
+@pytest.mark.parametrize("a, b", [(123456, 78), (91, 987654)])
+def test_held_out_scopes(a, b):
+  """ "decisions" skips the critical tokens and each `]` after them; "lines" every token up to the
+  end of the third line (the last with a critical token), and none after it."""
+  text = arithmetic.scratchpad(a, b)
+  critical = arithmetic.critical_mask(a, b, 5)
+  decisions = pretrain.held_out_mask(a, b, 5, "decisions")
+  assert set(np.flatnonzero(decisions & ~critical)) == {
+      i + 1 for i in np.flatnonzero(critical) if text[i + 1] == "]"}
+  lines = pretrain.held_out_mask(a, b, 5, "lines")
+  scratch = text.index("<scratch>")
+  end = [i for i, ch in enumerate(text) if ch == "\n" and i > scratch][3]  # the third line's
+  assert lines[:end + 1].all() and not lines[end + 1:].any()
+  assert not pretrain.held_out_mask(12345, 678, 5, "lines").any()
+
+
+def test_held_out_lines_leave_the_later_lines_in_the_loss():
+  c = tiny_config(held_out_digits=1, held_out_fraction=1.0, held_out_scope="lines")
+  tokens, _, mask = pretrain.make_batch(typed(c), 0)
+  for row, mask_row in zip(tokens, mask):
+    text = tokenizer.decode(row)
+    start = text.index("Target:") + len("Target:")
+    scratch = text.index("<scratch>", start)
+    skipped_to = [i for i, ch in enumerate(text) if ch == "\n" and i > scratch][3]
+    assert not mask_row[:skipped_to + 1].any()
+    assert mask_row[skipped_to + 1:].sum() == len(text) - skipped_to - 1
+
+
+def test_unknown_held_out_scope_is_refused():
+  with pytest.raises(ValueError, match="held_out_scope"):
+    typed(tiny_config(held_out_digits=1, held_out_scope="prompt"))
+
+
 def test_block_size_fits_n_plus_3_rollouts():
   gpt = pretrain.model_config(tiny_config())
   assert gpt.block_size >= arithmetic.max_sequence_length(5) + arithmetic.EPISODE_SLACK

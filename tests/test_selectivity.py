@@ -52,3 +52,24 @@ def test_teacher_forced_grid(tiny_model):
       assert row["mean_weight"] == 1.0 and row["reduction_share"] == 0.0
     else:
       assert row["mean_weight"] < 1.0
+
+
+def test_reduction_by_place_by_hand():
+  a, b = 123456, 78
+  text = arithmetic.scratchpad(a, b)
+  weights = np.ones(len(text))
+  weights[arithmetic.critical_mask(a, b, 5)] = 0.0  # six critical tokens, reduction 1 each
+  later = text.index("[1,2,3] +")  # the fourth step line
+  weights[later] = 0.5
+  weights[text.index("END")] = 0.8
+  rows = {r["place"]: r for r in selectivity.reduction_by_place(np.array([[a, b]]), 5, [weights])}
+  assert [p for p in rows if p.startswith("critical")] == [
+      f"critical, line {k} n+1_{name}" for k in (1, 2, 3) for name in ("comma", "digit")]
+  total = 6 + 0.5 + 0.2
+  assert rows["critical, line 2 n+1_digit"]["share"] == pytest.approx(1 / total)
+  assert rows["critical, line 2 n+1_digit"]["spared"] == 1.0
+  assert rows["other, later lines"]["share"] == pytest.approx(0.5 / total)
+  assert rows["other, closing and result"]["share"] == pytest.approx(0.2 / total)
+  assert rows["other, lines 1-3"]["share"] == 0.0 and rows["other, lines 1-3"]["mean_weight"] == 1
+  assert sum(r["tokens"] for r in rows.values()) == len(text)
+  assert sum(r["share"] for r in rows.values()) == pytest.approx(1.0)

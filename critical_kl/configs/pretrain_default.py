@@ -31,6 +31,9 @@ def get_config() -> ml_collections.ConfigDict:
   # loss (see critical_kl/pretrain.py); 0: none.
   c.held_out_digits = 0
   c.held_out_fraction = 0.25
+  # What the loss skips in those rows: "decisions" (the critical tokens and the `]` after each
+  # critical run) or "lines" (every token up to the end of the last line holding one).
+  c.held_out_scope = "decisions"
   c.init_checkpoint = ""  # an exported model to start from ("": random initialization)
   c.ensemble_members = 0  # K > 0: train K models at once, member k with seed + k (an ensemble)
   c.eval_every = 0  # print greedy accuracy at N and N+1 every this many steps (0: never)
