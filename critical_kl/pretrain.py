@@ -102,8 +102,8 @@ def make_batch(config: pretrain_config_lib.PretrainConfig, step: int,
   index = np.arange(length)[None, :]
   for row in np.flatnonzero(longer):
     a, b = (int(x) for x in operands[row])
-    held = np.flatnonzero(held_out_mask(a, b, config.pretrain_max_digits,
-                                             config.held_out_scope))
+    held = np.flatnonzero(
+        held_out_mask(a, b, config.pretrain_max_digits, config.held_out_scope))
     loss_mask[row, prompt_lengths[row] + held] = False
   offsets = np.zeros((len(operands), 1), np.int64)
   if config.random_start_positions:

@@ -28,6 +28,7 @@ def saved_config(config: ml_collections.ConfigDict) -> dict:
   d["vocabulary"] = tokenizer.DEFAULT.to_dict()
   return d
 
+
 # What the loss skips in a held-out row: the critical decisions only, or every completion token up
 # to the end of the last line that holds one (`pretrain.held_out_mask`).
 HELD_OUT_SCOPES = ("decisions", "lines")
